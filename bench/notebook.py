@@ -1,0 +1,45 @@
+"""The original notebook's experiment, verbatim in spirit: the baseline the pipeline is measured against.
+
+Usage: python bench/notebook.py [--epochs N] [--mnist PATH]
+Loads MNIST from a local mnist.npz (Keras layout) instead of the network.
+"""
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=10)
+parser.add_argument("--mnist", default="../shared/datasets/mnist.npz")
+args = parser.parse_args()
+
+with np.load(args.mnist) as f:
+    x_train, y_train, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+x_train = x_train.reshape(-1, 28, 28, 1).astype("float32") / 255
+x_test = x_test.reshape(-1, 28, 28, 1).astype("float32") / 255
+y_train = keras.utils.to_categorical(y_train, 10)
+y_test = keras.utils.to_categorical(y_test, 10)
+
+model = keras.Sequential([
+    keras.Input(shape=(28, 28, 1)),
+    layers.Conv2D(32, (3, 3), activation="relu"),
+    layers.MaxPooling2D((2, 2)),
+    layers.Conv2D(64, (3, 3), activation="relu"),
+    layers.MaxPooling2D((2, 2)),
+    layers.Dropout(0.25),
+    layers.Flatten(),
+    layers.Dense(128, activation="relu"),
+    layers.Dropout(0.5),
+    layers.Dense(10, activation="softmax"),
+])
+model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+start = time.perf_counter()
+model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, validation_split=0.2, verbose=2)
+train_s = time.perf_counter() - start
+loss, acc = model.evaluate(x_test, y_test, verbose=0)
+print(json.dumps({"train_seconds": round(train_s, 2), "test_accuracy": acc, "test_loss": loss}))

@@ -1,0 +1,87 @@
+"""Stage evaluate: score the trained model on the test set.
+
+Writes metrics.json (accuracy and loss at the top, then per-class and macro precision, recall
+and F1) and predictions.csv (actual and predicted class of every test image, for DVC's
+confusion-matrix template).
+"""
+import argparse
+import csv
+import os
+
+import common
+
+tf = common.quiet_tensorflow()
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
+
+
+def load_model(path):
+    if not os.path.exists(path):
+        raise common.UserError(f"{path} not found: run `dvc repro train` to train the model")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (OSError, ValueError) as e:
+        raise common.UserError(f"{path} is not a Keras model ({str(e).splitlines()[0]}): "
+                               f"run `dvc repro -f train` to rebuild it")
+
+
+def class_report(y_true, y_pred, class_names):
+    """Per-class and macro-averaged precision, recall and F1."""
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+    }
+    macro = {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())}
+    return macro, per_class
+
+
+def write_predictions(path, y_true, y_pred, class_names):
+    with common.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["actual", "predicted"])
+            writer.writerows((class_names[t], class_names[p]) for t, p in zip(y_true, y_pred))
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the trained model (.keras)")
+    parser.add_argument("test", help="test split (.npz from preprocess)")
+    parser.add_argument("metrics", help="where to write the metrics (.json)")
+    parser.add_argument("predictions", help="where to write actual/predicted labels (.csv)")
+    args = parser.parse_args(argv)
+    params = common.load_params()
+
+    model = load_model(args.model)
+    test = common.load_npz(args.test, "dvc repro preprocess")
+    class_names = [str(c) for c in test["class_names"]]
+    x_test, y_test = test["x"], test["y"]
+    if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x_test.shape[1:]:
+        raise common.UserError(f"{args.model} does not fit {args.test} (model {model.input_shape} -> "
+                               f"{model.output_shape}, data {x_test.shape[1:]} with {len(class_names)} classes): "
+                               f"run `dvc repro` to retrain")
+
+    batch_size = params["evaluate"]["batch_size"]
+    probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    y_pred = probabilities.argmax(axis=1)
+    loss = keras.losses.categorical_crossentropy(
+        keras.utils.to_categorical(y_test, len(class_names)), probabilities)
+    macro, per_class = class_report(y_test, y_pred, class_names)
+    metrics = {
+        "accuracy": float(np.mean(y_pred == y_test)),
+        "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
+        "macro": macro,
+        "per_class": per_class,
+    }
+    common.write_json(args.metrics, metrics)
+    write_predictions(args.predictions, y_test, y_pred, class_names)
+    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+          f"on {len(y_test)} images")
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,127 @@
+"""Stage plot: the notebook's figures as PNG files.
+
+samples.png           the first training images with their labels (5 x 5 by default)
+training_curves.png   accuracy and loss per epoch, train vs validation, side by side
+confusion_matrix.png  test-set confusion matrix with counts in the cells
+misclassified.png     test images the model got wrong, with true and predicted labels
+"""
+import argparse
+import csv
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+import common  # noqa: E402
+
+# PNG metadata without a version string, so the bytes do not change with matplotlib's patch level
+PNG_METADATA = {"Software": None}
+
+
+def save(fig, path, dpi):
+    with common.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", metadata=PNG_METADATA)
+    plt.close(fig)
+
+
+def image_grid(images, titles, title):
+    """A square-ish grid of grayscale images with a caption under each."""
+    columns = max(1, math.ceil(math.sqrt(len(images))))
+    rows = max(1, math.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, titles):
+        ax.imshow(image.squeeze(), cmap="binary")
+        ax.set_title(caption, fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def read_history(log_dir, split, metric):
+    """(steps, values) from DVCLive's per-epoch TSV file."""
+    path = os.path.join(log_dir, "plots", "metrics", split, f"{metric}.tsv")
+    if not os.path.exists(path):
+        raise common.UserError(f"{path} not found: run `dvc repro train` to log the training history")
+    with open(path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [int(r["step"]) + 1 for r in rows], [float(r[metric]) for r in rows]
+
+
+def training_curves(history):
+    """history: {(split, metric): (epochs, values)} for split train/eval and metric accuracy/loss."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for split, label in (("train", "train"), ("eval", "validation")):
+            epochs, values = history[split, metric]
+            ax.plot(epochs, values, marker="o", label=label)
+        ax.set_title(f"Model {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def read_predictions(path):
+    if not os.path.exists(path):
+        raise common.UserError(f"{path} not found: run `dvc repro evaluate`")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [r["actual"] for r in rows], [r["predicted"] for r in rows]
+
+
+def confusion_matrix(actual, predicted, class_names):
+    size = max(6, 0.6 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=class_names, ax=ax,
+                                            cmap="Blues", colorbar=False, xticks_rotation=45)
+    ax.set_title(f"Confusion matrix, test set ({len(actual)} images)")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw", help="the download stage's .npz (for the first training images)")
+    parser.add_argument("test", help="test split (.npz from preprocess)")
+    parser.add_argument("log_dir", help="the train stage's DVCLive folder")
+    parser.add_argument("predictions", help="the evaluate stage's predictions (.csv)")
+    parser.add_argument("output_dir", help="folder for the PNG files")
+    args = parser.parse_args(argv)
+    params = common.load_params()["plot"]
+    dpi = params["dpi"]
+
+    # Read every input before writing anything, so a missing one leaves no partial set of figures.
+    raw = common.load_npz(args.raw, "dvc repro download")
+    class_names = [str(c) for c in raw["class_names"]]
+    history = {(split, metric): read_history(args.log_dir, split, metric)
+               for split in ("train", "eval") for metric in ("accuracy", "loss")}
+    actual, predicted = read_predictions(args.predictions)
+    test_images = common.load_npz(args.test, "dvc repro preprocess")["x"]
+    if len(test_images) != len(actual):
+        raise common.UserError(f"{args.predictions} has {len(actual)} rows for {len(test_images)} test images: "
+                               f"run `dvc repro` to bring them in step")
+
+    count = params["samples"]
+    save(image_grid(raw["x_train"][:count], [class_names[y] for y in raw["y_train"][:count]],
+                    f"First {count} training images"),
+         os.path.join(args.output_dir, "samples.png"), dpi)
+    save(training_curves(history), os.path.join(args.output_dir, "training_curves.png"), dpi)
+    save(confusion_matrix(actual, predicted, class_names), os.path.join(args.output_dir, "confusion_matrix.png"),
+         dpi)
+    wrong = [i for i, (a, p) in enumerate(zip(actual, predicted)) if a != p][: params["misclassified"]]
+    title = f"Misclassified test images (first {len(wrong)}, true -> predicted)" if wrong else "No errors"
+    save(image_grid(test_images[wrong], [f"{actual[i]} -> {predicted[i]}" for i in wrong], title),
+         os.path.join(args.output_dir, "misclassified.png"), dpi)
+    print(f"plot: wrote 4 figures to {args.output_dir}/")
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,86 @@
+"""Stage preprocess: check the raw arrays, hold out a validation split, scale images to [0, 1].
+
+Writes train.npz, val.npz and test.npz (x: float32 (N, 28, 28, 1), y: integer labels,
+class_names) into the output folder. The validation split comes from the training set only;
+the test set is kept apart for the evaluate stage.
+"""
+import argparse
+import math
+import os
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+import common
+
+
+def check_raw(arrays, source):
+    """Stop with one line if the raw arrays are not N x H x W uint8 images with labels 0..K-1."""
+    for name in common.ARRAY_NAMES + ("class_names",):
+        if name not in arrays:
+            raise common.UserError(f"{source} lacks the array '{name}': run `dvc repro download` again")
+    num_classes = len(arrays["class_names"])
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[0] == 0 or x.shape[1:] != (28, 28):
+            raise common.UserError(f"{source}: x_{split} has shape {x.shape}; expected (N, 28, 28) images")
+        if x.dtype != np.uint8:
+            raise common.UserError(f"{source}: x_{split} has dtype {x.dtype}; expected uint8 pixels 0-255")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise common.UserError(f"{source}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
+                                   f"expected a 1-D array of integer labels")
+        if len(y) != len(x):
+            raise common.UserError(f"{source}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
+        if y.min() < 0 or y.max() >= num_classes:
+            raise common.UserError(f"{source}: y_{split} holds labels {y.min()}..{y.max()}; "
+                                   f"expected 0..{num_classes - 1} (one per class name)")
+
+
+def split_train_val(x, y, val_split, method, seed):
+    """Hold out val_split of the training data: its tail (as Keras' validation_split) or a stratified sample."""
+    if method == "tail":
+        split_at = int(math.floor(len(x) * (1.0 - val_split)))  # the formula Keras' fit() uses
+        return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
+    index = np.arange(len(x))
+    try:
+        train_idx, val_idx = train_test_split(index, test_size=val_split, random_state=seed, stratify=y)
+    except ValueError as e:
+        raise common.UserError(f"data.split = stratified is impossible here ({e}); "
+                               f"use more data or data.split: tail")
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+def to_model_input(images):
+    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], as the notebook did."""
+    return images.reshape(-1, 28, 28, 1).astype(np.float32) / 255
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw", help="the download stage's .npz")
+    parser.add_argument("output_dir", help="folder for train.npz, val.npz and test.npz")
+    args = parser.parse_args(argv)
+    params = common.load_params()
+    data = params["data"]
+
+    raw = common.load_npz(args.raw, "dvc repro download")
+    check_raw(raw, args.raw)
+    x_train, y_train = raw["x_train"], raw["y_train"]
+    if data["limit"] is not None:
+        x_train, y_train = x_train[: data["limit"]], y_train[: data["limit"]]
+    (x_fit, y_fit), (x_val, y_val) = split_train_val(x_train, y_train, data["val_split"], data["split"],
+                                                     params["seed"])
+    if len(x_fit) == 0 or len(x_val) == 0:
+        raise common.UserError(f"data.limit = {data['limit']} with data.val_split = {data['val_split']} "
+                               f"leaves an empty split; raise data.limit")
+
+    class_names = raw["class_names"]
+    for name, x, y in (("train", x_fit, y_fit), ("val", x_val, y_val), ("test", raw["x_test"], raw["y_test"])):
+        common.write_npz(os.path.join(args.output_dir, f"{name}.npz"),
+                         {"x": to_model_input(x), "y": y.astype(np.int64), "class_names": class_names})
+        print(f"preprocess: {name}: {len(x)} images")
+
+
+if __name__ == "__main__":
+    common.run(main)

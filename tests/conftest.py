@@ -1,0 +1,172 @@
+"""Fixtures shared by the tests: tiny generated datasets, params files, a loopback HTTP server."""
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "stages"))
+
+import common  # noqa: E402
+
+REAL_MNIST = os.path.join(REPO, "..", "shared", "datasets", "mnist.npz")
+needs_real_mnist = pytest.mark.skipif(not os.path.exists(REAL_MNIST),
+                                      reason="real MNIST mirror ../shared/datasets/mnist.npz is absent")
+
+
+def digit_images(count, seed):
+    """count 28x28 uint8 images of the digits 0-9 (label i % 10), drawn at random sizes and offsets."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), np.uint8)
+    labels = np.arange(count) % 10
+    for i, label in enumerate(labels):
+        image = Image.new("L", (28, 28))
+        font = ImageFont.load_default(size=int(rng.integers(16, 23)))
+        centre = (14 + int(rng.integers(-2, 3)), 14 + int(rng.integers(-2, 3)))
+        ImageDraw.Draw(image).text(centre, str(label), fill=255, font=font, anchor="mm")
+        images[i] = np.clip(np.asarray(image) + rng.integers(0, 30, (28, 28)), 0, 255)
+    return images, labels.astype(np.uint8)
+
+
+def tiny_arrays(n_train=300, n_test=100, seed=0):
+    """A Keras-layout dataset of generated digits: x_train, y_train, x_test, y_test."""
+    x_train, y_train = digit_images(n_train, seed)
+    x_test, y_test = digit_images(n_test, seed + 1)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def write_params(directory, **overrides):
+    """Copy the repository's params.yaml into directory with dotted-key overrides (data__limit=...)."""
+    with open(os.path.join(REPO, "params.yaml")) as f:
+        params = yaml.safe_load(f)
+    for key, value in overrides.items():
+        *sections, leaf = key.split("__")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[leaf] = value
+    with open(os.path.join(directory, "params.yaml"), "w") as f:
+        yaml.safe_dump(params, f, sort_keys=False)
+    return params
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty folder as the current directory, holding the default params.yaml."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def processed_dir(tmp_path_factory):
+    """train/val/test .npz of the tiny generated dataset, written by the real preprocess stage."""
+    import preprocess
+
+    directory = tmp_path_factory.mktemp("processed")
+    raw = directory / "raw.npz"
+    common.write_npz(raw, {**tiny_arrays(), "class_names": np.array([str(d) for d in range(10)])})
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        write_params(directory)
+        preprocess.main([str(raw), str(directory)])
+    finally:
+        os.chdir(cwd)
+    return directory
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path/www on 127.0.0.1; special paths misbehave: /stall/* never answers in time,
+    /half/* sends half the file it announces."""
+    root = tmp_path / "www"
+    root.mkdir()
+    stop = threading.Event()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/stall/"):
+                stop.wait(10)  # longer than the client's timeout in the tests
+                return
+            if self.path.startswith("/half/"):
+                data = (root / self.path[len("/half/"):]).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                return
+            super().do_GET()
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.root = root
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def run_stage(script, *args, cwd, env=None):
+    """Run a stage script as dvc would, in a subprocess; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(REPO, "stages", script), *map(str, args)],
+                          cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=600)
+
+
+def copy_project(destination):
+    """The files a user clones (no data, no results), copied into destination."""
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(os.path.join(REPO, name), destination)
+    shutil.copytree(os.path.join(REPO, "stages"), os.path.join(destination, "stages"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    os.makedirs(os.path.join(destination, ".dvc"))
+    shutil.copy(os.path.join(REPO, ".dvc", "config"), os.path.join(destination, ".dvc", "config"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, processed_dir):
+    """A model trained for 4 epochs on the tiny data, and its evaluation: the paths of every output."""
+    import evaluate
+    import train
+
+    directory = tmp_path_factory.mktemp("run")
+    paths = {
+        "processed": processed_dir,
+        "model": directory / "models" / "model.keras",
+        "log_dir": directory / "metrics" / "train",
+        "metrics": directory / "metrics" / "evaluate.json",
+        "predictions": directory / "metrics" / "predictions.csv",
+    }
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        write_params(directory, train__epochs=4, train__batch_size=16)
+        train.main([str(processed_dir / "train.npz"), str(processed_dir / "val.npz"), str(paths["model"]),
+                    str(paths["log_dir"])])
+        evaluate.main([str(paths["model"]), str(processed_dir / "test.npz"), str(paths["metrics"]),
+                       str(paths["predictions"])])
+    finally:
+        os.chdir(cwd)
+    return paths

@@ -1,0 +1,174 @@
+"""The download stage: sources in order, content verification, HTTP faults, canonical output."""
+import dataclasses
+import gzip
+import hashlib
+import os
+import shutil
+import socket
+import struct
+
+import numpy as np
+import pytest
+
+import common
+import download
+from conftest import REAL_MNIST, needs_real_mnist, run_stage, tiny_arrays, write_params
+
+FAST = {"timeout": 1, "retries": 2, "backoff": 0.01}
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return tiny_arrays(n_train=60, n_test=20)
+
+
+@pytest.fixture(scope="module")
+def spec(arrays):
+    """The MNIST registry entry with the tiny arrays' digests and no official URLs (tests stay offline)."""
+    return dataclasses.replace(common.DATASETS["mnist"], urls=(),
+                               digests={name: common.array_digest(a) for name, a in arrays.items()})
+
+
+def write_idx_files(directory, arrays):
+    os.makedirs(directory, exist_ok=True)
+    for name, file in common.IDX_FILES.items():
+        array = arrays[name]
+        header = struct.pack(f">BBBB{array.ndim}I", 0, 0, 8, array.ndim, *array.shape)
+        with gzip.open(os.path.join(directory, file), "wb", compresslevel=1) as f:
+            f.write(header + array.tobytes())
+
+
+def write_keras_npz(path, arrays):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+def test_parse_mirrors_keeps_urls_with_ports_whole():
+    assert download.parse_mirrors("/data/a:http://127.0.0.1:8000/m:https://x.org/p/:rel") == [
+        "/data/a", "http://127.0.0.1:8000/m", "https://x.org/p/", "rel"]
+    assert download.parse_mirrors(None) == []
+
+
+def test_npz_and_idx_sources_give_byte_identical_output(tmp_path, arrays, spec):
+    write_keras_npz(str(tmp_path / "a" / "mnist.npz"), arrays)
+    write_idx_files(tmp_path / "b" / "mnist", arrays)  # IDX files in a <dataset>/ subfolder
+    outputs = []
+    for root in ("a", "b"):
+        got = download.download(spec, [str(tmp_path / root)])
+        out = tmp_path / f"{root}.npz"
+        common.write_npz(out, got)
+        outputs.append(md5(out))
+    assert outputs[0] == outputs[1]
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(got[name], array)
+
+
+def test_wrong_content_is_skipped_with_one_line_and_next_source_used(tmp_path, arrays, spec, capsys):
+    wrong = dict(arrays, y_test=(arrays["y_test"] + 1) % 10)
+    write_keras_npz(str(tmp_path / "wrong" / "mnist.npz"), wrong)
+    write_keras_npz(str(tmp_path / "right" / "mnist.npz"), arrays)
+    download.download(spec, [str(tmp_path / "empty"), str(tmp_path / "wrong"), str(tmp_path / "right")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wrong/mnist.npz" in err[0] and "y_test" in err[0] and "pinned" in err[0]
+
+
+def test_corrupt_and_truncated_local_files_are_skipped(tmp_path, arrays, spec, capsys):
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "mnist.npz").write_bytes(b"PK\x03\x04 garbage")
+    write_idx_files(tmp_path / "truncated", arrays)
+    path = tmp_path / "truncated" / common.IDX_FILES["x_train"]
+    path.write_bytes(path.read_bytes()[:-20])
+    write_idx_files(tmp_path / "good", arrays)
+    download.download(spec, [str(tmp_path / "corrupt"), str(tmp_path / "truncated"), str(tmp_path / "good")])
+    err = capsys.readouterr().err
+    assert "not a valid .npz" in err and "train-images-idx3-ubyte.gz is not a valid .gz" in err
+
+
+def test_keras_cache_is_a_source(tmp_path, arrays, spec, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_keras_npz(os.path.join(download.keras_cache_dir(), "mnist.npz"), arrays)
+    assert download.keras_cache_dir() == str(tmp_path / "keras" / "datasets")
+    got = download.download(spec, [download.keras_cache_dir()])
+    np.testing.assert_array_equal(got["x_train"], arrays["x_train"])
+
+
+def test_http_mirror_right_wrong_and_missing_files(http_server, arrays, spec, capsys):
+    write_keras_npz(str(http_server.root / "wrong" / "mnist.npz"), dict(arrays, x_test=arrays["x_test"] // 2))
+    write_idx_files(http_server.root / "right" / "mnist", arrays)
+    roots = [f"{http_server.url}/missing", f"{http_server.url}/wrong", f"{http_server.url}/right"]
+    got = download.download(spec, roots, **FAST)
+    np.testing.assert_array_equal(got["x_test"], arrays["x_test"])
+    err = capsys.readouterr().err
+    assert "missing/mnist.npz: HTTP 404" in err
+    assert "x_test uint8(20, 28, 28) does not match the pinned mnist digest" in err
+
+
+def test_http_half_sent_file_is_retried_then_skipped(http_server, arrays, spec, capsys):
+    write_keras_npz(str(http_server.root / "m" / "mnist.npz"), arrays)
+    shutil.copytree(http_server.root / "m", http_server.root / "good")
+    got = download.download(spec, [f"{http_server.url}/half/m", f"{http_server.url}/good"], **FAST)
+    assert got["x_train"].shape == (60, 28, 28)
+    assert "connection broke off (IncompleteRead), after 2 tries" in capsys.readouterr().err
+
+
+def test_stalled_server_times_out(http_server, arrays, spec, capsys):
+    write_idx_files(http_server.root / "good", arrays)
+    got = download.download(spec, [f"{http_server.url}/stall", f"{http_server.url}/good"],
+                            timeout=0.5, retries=1, backoff=0)
+    assert got["y_train"].shape == (60,)
+    assert "stall/mnist.npz: no data for 0.5 s (timed out)" in capsys.readouterr().err
+
+
+def test_refused_connection_then_all_sources_fail(tmp_path, spec):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(common.UserError) as error:
+        download.download(spec, [f"http://127.0.0.1:{port}", str(tmp_path)], **FAST)
+    message = str(error.value)
+    assert "cannot connect" in message and "Connection refused" in message
+    assert "set DATASET_MIRRORS" in message and "\n" not in message
+
+
+def test_stage_failure_is_one_line_and_keeps_previous_output(tmp_path, arrays):
+    write_params(tmp_path, data__dataset="npz", data__path="missing.npz")
+    out = tmp_path / "raw.npz"
+    out.write_bytes(b"previous good output")
+    result = run_stage("download.py", out, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: data.path = 'missing.npz' is not a file: point it at your .npz with x_train, y_train, x_test, y_test"]
+    assert out.read_bytes() == b"previous good output"
+
+
+def test_stage_with_custom_npz_adds_class_names(tmp_path, arrays):
+    np.savez(tmp_path / "mine.npz", **arrays)
+    write_params(tmp_path, data__dataset="npz", data__path="mine.npz")
+    result = run_stage("download.py", "data/raw/npz.npz", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    raw = common.load_npz(tmp_path / "data" / "raw" / "npz.npz")
+    assert raw["class_names"].tolist() == [str(d) for d in range(10)]
+    np.testing.assert_array_equal(raw["x_train"], arrays["x_train"])
+
+
+@needs_real_mnist
+def test_real_mnist_from_local_mirror(tmp_path):
+    write_params(tmp_path)
+    mirror = os.path.dirname(os.path.abspath(REAL_MNIST))
+    result = run_stage("download.py", "mnist.npz", cwd=tmp_path,
+                       env={"DATASET_MIRRORS": mirror, "KERAS_HOME": str(tmp_path / "nokeras")})
+    assert result.returncode == 0, result.stderr
+    assert "mnist verified from" in result.stdout
+    raw = common.load_npz(tmp_path / "mnist.npz")
+    assert np.bincount(raw["y_train"]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(raw["y_test"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    # The same arrays as IDX files give the very same bytes, so dvc.lock matches on every machine.
+    write_idx_files(tmp_path / "idx", raw)
+    result = run_stage("download.py", "from_idx.npz", cwd=tmp_path,
+                       env={"DATASET_MIRRORS": str(tmp_path / "idx"), "KERAS_HOME": str(tmp_path / "nokeras")})
+    assert result.returncode == 0, result.stderr
+    assert md5(tmp_path / "mnist.npz") == md5(tmp_path / "from_idx.npz")

@@ -1,0 +1,45 @@
+"""The evaluate stage: test-set metrics, per-class report, predictions for the confusion template."""
+import csv
+import json
+
+import numpy as np
+
+import common
+from conftest import run_stage
+
+
+def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
+    metrics = json.loads(trained_run["metrics"].read_text())
+    assert list(metrics)[:2] == ["accuracy", "loss"]
+    assert 0.5 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    assert set(metrics["macro"]) == {"precision", "recall", "f1"}
+    assert list(metrics["per_class"]) == [str(d) for d in range(10)]
+    assert sum(c["support"] for c in metrics["per_class"].values()) == 100
+    recalls = [c["recall"] for c in metrics["per_class"].values()]
+    assert metrics["macro"]["recall"] == np.mean(recalls)
+
+
+def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
+    with open(trained_run["predictions"]) as f:
+        rows = list(csv.DictReader(f))
+    labels = common.load_npz(trained_run["processed"] / "test.npz")["y"]
+    assert [r["actual"] for r in rows] == [str(y) for y in labels]
+    accuracy = np.mean([r["actual"] == r["predicted"] for r in rows])
+    assert accuracy == json.loads(trained_run["metrics"].read_text())["accuracy"]
+
+
+def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
+    result = run_stage("evaluate.py", "models/model.keras", processed_dir / "test.npz", "m.json", "p.csv",
+                       cwd=workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: models/model.keras not found: run `dvc repro train` to train the model"]
+    assert not (workdir / "m.json").exists()
+
+
+def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
+    (workdir / "model.keras").write_bytes(b"not a model")
+    result = run_stage("evaluate.py", "model.keras", processed_dir / "test.npz", "m.json", "p.csv", cwd=workdir)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model.keras is not a Keras model"), lines

@@ -1,0 +1,89 @@
+"""The preprocess stage: raw-array checks, the validation hold-out, scaling, deterministic files."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+import common
+import preprocess
+from conftest import run_stage, tiny_arrays, write_params
+
+NAMES = np.array([str(d) for d in range(10)])
+
+
+@pytest.fixture
+def raw(workdir):
+    path = workdir / "raw.npz"
+    common.write_npz(path, {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES})
+    return path
+
+
+def outputs(directory):
+    return {split: common.load_npz(directory / f"{split}.npz") for split in ("train", "val", "test")}
+
+
+def test_tail_split_is_what_keras_validation_split_does(workdir, raw):
+    preprocess.main([str(raw), str(workdir / "out")])
+    out = outputs(workdir / "out")
+    arrays = common.load_npz(raw)
+    split_at = int(math.floor(200 * (1 - 0.2)))  # keras.src.trainers.data_adapters.train_validation_split
+    assert (len(out["train"]["y"]), len(out["val"]["y"]), len(out["test"]["y"])) == (160, 40, 50)
+    np.testing.assert_array_equal(out["val"]["y"], arrays["y_train"][split_at:])
+    np.testing.assert_array_equal(out["val"]["x"][..., 0], arrays["x_train"][split_at:] / np.float32(255))
+    x = out["train"]["x"]
+    assert x.dtype == np.float32 and x.shape == (160, 28, 28, 1) and x.min() >= 0 and x.max() <= 1
+    assert out["test"]["class_names"].tolist() == NAMES.tolist()
+
+
+def test_limit_keeps_the_first_images(workdir, raw):
+    write_params(workdir, data__limit=100, data__val_split=0.1)
+    preprocess.main([str(raw), str(workdir / "out")])
+    out = outputs(workdir / "out")
+    assert (len(out["train"]["y"]), len(out["val"]["y"])) == (90, 10)
+    np.testing.assert_array_equal(out["val"]["y"], common.load_npz(raw)["y_train"][90:100])
+
+
+def test_stratified_split_is_seeded_and_balanced(workdir, raw):
+    digests = []
+    for seed in (1, 1, 2):
+        write_params(workdir, data__split="stratified", seed=seed)
+        preprocess.main([str(raw), str(workdir / "out")])
+        out = outputs(workdir / "out")
+        assert np.bincount(out["val"]["y"]).tolist() == [4] * 10
+        digests.append(hashlib.md5((workdir / "out" / "val.npz").read_bytes()).hexdigest())
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_outputs_are_byte_identical_across_runs(workdir, raw):
+    hashes = []
+    for run in ("a", "b"):
+        preprocess.main([str(raw), str(workdir / run)])
+        hashes.append([hashlib.md5((workdir / run / f"{s}.npz").read_bytes()).hexdigest()
+                       for s in ("train", "val", "test")])
+    assert hashes[0] == hashes[1]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(x_train=a["x_train"][:, :27]), "x_train has shape (200, 27, 28); expected (N, 28, 28)"),
+    (lambda a: a.update(x_test=a["x_test"].astype(np.float32)), "x_test has dtype float32; expected uint8"),
+    (lambda a: a.update(y_train=a["y_train"][:-1]), "x_train has 200 images but y_train has 199 labels"),
+    (lambda a: a.update(y_test=a["y_test"] + 5), "y_test holds labels 5..14; expected 0..9"),
+    (lambda a: a.update(y_train=a["y_train"].astype(np.float64)), "y_train has dtype float64"),
+    (lambda a: a.pop("y_test"), "lacks the array 'y_test'"),
+])
+def test_bad_raw_arrays_stop_with_one_line_and_no_output(workdir, change, message):
+    arrays = {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES}
+    change(arrays)
+    common.write_npz(workdir / "raw.npz", arrays)
+    result = run_stage("preprocess.py", "raw.npz", "out", cwd=workdir)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (workdir / "out").exists()
+
+
+def test_limit_too_small_for_a_validation_split(workdir, raw):
+    write_params(workdir, data__limit=1, data__val_split=0.2)
+    with pytest.raises(common.UserError, match="leaves an empty split"):
+        preprocess.main([str(raw), str(workdir / "out")])

@@ -1,0 +1,84 @@
+"""The train stage: the notebook's network, every param used, real learning, deterministic results."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import common
+import train
+from conftest import REPO, run_stage, write_params
+
+DEFAULTS = common.load_params(f"{REPO}/params.yaml")
+
+
+def test_default_model_is_the_notebooks_network():
+    model = train.build_model(DEFAULTS["model"], (28, 28, 1), 10)
+    summary = [(type(layer).__name__, layer.output.shape[1:]) for layer in model.layers]
+    assert summary == [
+        ("Conv2D", (26, 26, 32)), ("MaxPooling2D", (13, 13, 32)),
+        ("Conv2D", (11, 11, 64)), ("MaxPooling2D", (5, 5, 64)),
+        ("Dropout", (5, 5, 64)), ("Flatten", (1600,)),
+        ("Dense", (128,)), ("Dropout", (128,)), ("Dense", (10,)),
+    ]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.25, 0.5]
+    assert model.layers[0].kernel_size == (3, 3) and model.layers[1].pool_size == (2, 2)
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.count_params() == 225_034
+
+
+@pytest.mark.parametrize("key, value", [
+    ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
+    ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
+])
+def test_every_model_param_changes_the_network(key, value):
+    default = train.build_model(DEFAULTS["model"], (28, 28, 1), 10).get_config()
+    changed = train.build_model({**DEFAULTS["model"], key: value}, (28, 28, 1), 10).get_config()
+    assert default != changed
+
+
+def test_impossible_network_is_a_user_error(processed_dir, workdir):
+    write_params(workdir, model__conv_filters=[8, 8, 8, 8], model__pool_size=3)
+    result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+                       cwd=workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model.* params give an impossible network")
+    assert not (workdir / "m.keras").exists()
+
+
+def test_training_learns_and_logs_every_epoch(trained_run):
+    history = json.loads((trained_run["log_dir"] / "metrics.json").read_text())
+    assert history["step"] == 3  # four epochs: steps 0 to 3
+    assert history["eval"]["accuracy"] > 0.5  # ten classes: chance is 0.1
+    for split in ("train", "eval"):
+        for metric in ("accuracy", "loss"):
+            rows = (trained_run["log_dir"] / "plots" / "metrics" / split / f"{metric}.tsv").read_text().splitlines()
+            assert rows[0] == f"step\t{metric}" and len(rows) == 5
+    model = keras.saving.load_model(trained_run["model"])
+    assert model.count_params() == 225_034
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.001)
+
+
+def train_once(processed_dir, directory, **overrides):
+    write_params(directory, train__epochs=1, **overrides)
+    train.main([str(processed_dir / "train.npz"), str(processed_dir / "val.npz"), str(directory / "m.keras"),
+                str(directory / "log")])
+    weights = keras.saving.load_model(directory / "m.keras").get_weights()
+    return weights, (directory / "log" / "metrics.json").read_text()
+
+
+def test_same_params_give_identical_weights_and_metrics(processed_dir, workdir):
+    first = train_once(processed_dir, workdir)
+    second = train_once(processed_dir, workdir)
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0]))
+    assert first[1] == second[1]
+    for overrides in ({"seed": 7}, {"train__batch_size": 32}, {"train__learning_rate": 0.003}):
+        other = train_once(processed_dir, workdir, **overrides)
+        assert not all(np.array_equal(a, b) for a, b in zip(first[0], other[0])), overrides
+
+
+def test_missing_training_data_is_one_line(workdir):
+    result = run_stage("train.py", "nope/train.npz", "nope/val.npz", "m.keras", "log", cwd=workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: nope/train.npz not found: run `dvc repro preprocess` to create it"]
