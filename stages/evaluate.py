@@ -29,11 +29,10 @@ def load_model(path):
 def class_report(y_true, y_pred, class_names):
     """Per-class and macro-averaged precision, recall and F1."""
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = {
-        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        name: {"precision": float(p), "recall": float(r), "f1": float(f)}
+        for name, p, r, f in zip(class_names, precision, recall, f1)
     }
     macro = {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())}
     return macro, per_class

@@ -14,7 +14,7 @@ def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
     assert 0.5 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
     assert set(metrics["macro"]) == {"precision", "recall", "f1"}
     assert list(metrics["per_class"]) == [str(d) for d in range(10)]
-    assert sum(c["support"] for c in metrics["per_class"].values()) == 100
+    assert all(set(c) == {"precision", "recall", "f1"} for c in metrics["per_class"].values())
     recalls = [c["recall"] for c in metrics["per_class"].values()]
     assert metrics["macro"]["recall"] == np.mean(recalls)
 
