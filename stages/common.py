@@ -141,6 +141,7 @@ PARAMS_SCHEMA = {
     "train.epochs": _number(1, integer=True),
     "train.batch_size": _number(1, integer=True),
     "train.learning_rate": _number(0, low_open=True),
+    "train.threads": _number(0, 1024, integer=True),
     "evaluate.batch_size": _number(1, integer=True),
     "plot.samples": _number(1, 100, integer=True),
     "plot.misclassified": _number(1, 100, integer=True),

@@ -33,6 +33,13 @@ def build_model(model_params, input_shape, num_classes):
     return keras.Sequential(stack, name="cnn")
 
 
+def set_threads(threads):
+    """Fix TensorFlow's CPU thread pools: float results depend on how work is split across threads."""
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def seed_everything(seed):
     """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
     keras.utils.set_random_seed(seed)
@@ -85,6 +92,7 @@ def main(argv):
     params = common.load_params()
     train = params["train"]
 
+    set_threads(train["threads"])
     seed_everything(params["seed"])
     x_train, y_train, class_names = load_split(args.train)
     x_val, y_val, _ = load_split(args.val)

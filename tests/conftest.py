@@ -135,14 +135,43 @@ def run_stage(script, *args, cwd, env=None):
                           timeout=600)
 
 
-def copy_project(destination):
-    """The files a user clones (no data, no results), copied into destination."""
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+# The tiny configuration of the end-to-end tests: generated digits, one short epoch.
+TINY_PARAMS = {"data__dataset": "npz", "data__path": "tiny.npz", "train__epochs": 1, "train__batch_size": 16}
+
+
+def sh(cwd, *command, env=None, check=True):
+    """Run a command in a project with the test's Python first on PATH, as an activated venv would."""
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "DVC_NO_ANALYTICS": "1", **(env or {})}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+STAGES = ("download", "preprocess", "train", "evaluate", "plot")
+
+
+def stages_run(output):
+    """The stages that `dvc repro` output says it ran, in pipeline order."""
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+def make_tiny_project(root):
+    """The files a user clones (no data, no results) plus a generated dataset, committed in a new git repo."""
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(os.path.join(REPO, name), destination)
-    shutil.copytree(os.path.join(REPO, "stages"), os.path.join(destination, "stages"),
+        shutil.copy(os.path.join(REPO, name), root)
+    shutil.copytree(os.path.join(REPO, "stages"), os.path.join(root, "stages"),
                     ignore=shutil.ignore_patterns("__pycache__"))
-    os.makedirs(os.path.join(destination, ".dvc"))
-    shutil.copy(os.path.join(REPO, ".dvc", "config"), os.path.join(destination, ".dvc", "config"))
+    os.makedirs(os.path.join(root, ".dvc"))
+    shutil.copy(os.path.join(REPO, ".dvc", "config"), os.path.join(root, ".dvc", "config"))
+    np.savez(os.path.join(root, "tiny.npz"), **tiny_arrays(n_train=300, n_test=100))
+    write_params(root, **TINY_PARAMS)
+    sh(root, *GIT, "init", "-q", "-b", "main")
+    sh(root, *GIT, "add", "-A")
+    sh(root, *GIT, "commit", "-qm", "tiny project")
+    return root
 
 
 @pytest.fixture(scope="session")
