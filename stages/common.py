@@ -4,9 +4,11 @@ Every stage imports this module, so dvc.yaml lists it as a dependency of every s
 It imports no TensorFlow: the data stages start in a fraction of a second.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import zipfile
@@ -243,6 +245,69 @@ def write_json(path, data):
             f.write("\n")
 
 
+# ---------------------------------------------------------------- images
+
+IMAGE_SIZE = 28  # MNIST: 28 x 28 pixels, the digit fitted into 20 x 20 and centred by centre of mass
+DIGIT_BOX = 20
+INK_THRESHOLD = 0.2  # a pixel is ink when brighter than this fraction of the image's contrast
+
+
+def mnist_style(pixels):
+    """Bring a grayscale image (2-D array, any size and range) to MNIST's form: float32 28 x 28 in [0, 1].
+
+    As MNIST was made: light ink on a dark background (inverted when the border is lighter than
+    the middle), cropped to the ink, scaled to fit 20 x 20 keeping the aspect ratio, placed in
+    28 x 28 with its centre of mass at the centre. Raises ValueError for an image with no ink.
+    """
+    from PIL import Image
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 2 or min(pixels.shape) < 2:
+        raise ValueError(f"{pixels.shape[1] if pixels.ndim == 2 else 0}x{pixels.shape[0]} pixels is too small "
+                         f"to hold a digit")
+    def border(a):
+        return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
+    if np.median(border(pixels)) > pixels.mean():  # dark ink on a light background
+        pixels = pixels.max() - pixels
+    background = np.median(border(pixels))
+    pixels = np.clip(pixels - background, 0, None)
+    contrast = pixels.max()
+    if contrast <= 0 or contrast < 0.05 * max(1.0, float(np.abs(background))):
+        raise ValueError("no ink: the image is blank (one colour)")
+    pixels /= contrast
+    rows, cols = np.nonzero(pixels > INK_THRESHOLD)
+    pixels = pixels[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    height, width = pixels.shape
+    scale = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    digit = np.asarray(Image.fromarray(pixels, mode="F").resize(size, Image.Resampling.LANCZOS))
+    digit = np.clip(digit, 0, None)
+    total = digit.sum()
+    centre_row = (digit.sum(axis=1) * np.arange(digit.shape[0])).sum() / total
+    centre_col = (digit.sum(axis=0) * np.arange(digit.shape[1])).sum() / total
+    top = int(round(IMAGE_SIZE / 2 - centre_row))  # MNIST put the centre of mass at pixel (14, 14)
+    left = int(round(IMAGE_SIZE / 2 - centre_col))
+    top = min(max(top, 0), IMAGE_SIZE - digit.shape[0])
+    left = min(max(left, 0), IMAGE_SIZE - digit.shape[1])
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    out[top: top + digit.shape[0], left: left + digit.shape[1]] = digit
+    return np.clip(out / out.max(), 0, 1)
+
+
+def load_model(path):
+    """Load a Keras model in safe mode (no arbitrary code), with one-line errors for what users get wrong."""
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: run `dvc repro` to train the model")
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise UserError(f"{path} is not a Keras model ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                        f"run `dvc repro --force train` to rebuild it")
+
+
 # ---------------------------------------------------------------- running
 
 def quiet_tensorflow():
@@ -266,13 +331,36 @@ def quiet_tensorflow():
     return tf
 
 
+# Errors of the machine rather than of our code: a full disk, a read-only or forbidden folder
+DISK_ERRORS = {errno.ENOSPC: "the disk is full: free some space",
+               errno.EDQUOT: "the disk quota is used up: free some space",
+               errno.EACCES: "permission denied: make the folder writable",
+               errno.EPERM: "permission denied: make the folder writable",
+               errno.EROFS: "the file system is read-only: write somewhere else"}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(main):
-    """Run a stage's main(argv): user errors become one line on stderr and exit status 1."""
+    """Run a stage's main(argv): user errors become one line on stderr and exit status 1.
+
+    Ctrl-C and `kill` (SIGTERM) stop the stage through the same clean-up path: temporary files are
+    removed and the outputs of the previous run are left as they were.
+    """
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live under dvc repro and in logs
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: cannot write {e.filename or 'an output file'}: {DISK_ERRORS[e.errno]}, then run "
+              f"the stage again", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: outputs from before this run are left as they were", file=sys.stderr)

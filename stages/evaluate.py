@@ -16,16 +16,6 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
 
-def load_model(path):
-    if not os.path.exists(path):
-        raise common.UserError(f"{path} not found: run `dvc repro train` to train the model")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, ValueError) as e:
-        raise common.UserError(f"{path} is not a Keras model ({str(e).splitlines()[0]}): "
-                               f"run `dvc repro -f train` to rebuild it")
-
-
 def class_report(y_true, y_pred, class_names):
     """Per-class and macro-averaged precision, recall and F1."""
     labels = list(range(len(class_names)))
@@ -55,7 +45,7 @@ def main(argv):
     args = parser.parse_args(argv)
     params = common.load_params()
 
-    model = load_model(args.model)
+    model = common.load_model(args.model)
     test = common.load_npz(args.test, "dvc repro preprocess")
     class_names = [str(c) for c in test["class_names"]]
     x_test, y_test = test["x"], test["y"]

@@ -24,6 +24,10 @@ def check_raw(arrays, source):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or x.shape[0] == 0 or x.shape[1:] != (28, 28):
             raise common.UserError(f"{source}: x_{split} has shape {x.shape}; expected (N, 28, 28) images")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
+            raise common.UserError(f"{source}: x_{split} holds NaN or infinite values (first in image {bad}); "
+                                   f"expected uint8 pixels 0-255")
         if x.dtype != np.uint8:
             raise common.UserError(f"{source}: x_{split} has dtype {x.dtype}; expected uint8 pixels 0-255")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):

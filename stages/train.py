@@ -86,7 +86,7 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("train", help="training split (.npz from preprocess)")
     parser.add_argument("val", help="validation split (.npz from preprocess)")
-    parser.add_argument("model", help="where to save the trained model (.keras)")
+    parser.add_argument("model", help="where to save the trained model (.keras); classes.json goes beside it")
     parser.add_argument("log_dir", help="DVCLive folder for the per-epoch metrics")
     args = parser.parse_args(argv)
     params = common.load_params()
@@ -120,6 +120,7 @@ def main(argv):
         verbose=1 if sys.stdout.isatty() else 2,
     )
     save_model(model, args.model)
+    common.write_json(os.path.join(os.path.dirname(args.model), "classes.json"), class_names)
     print(f"train: saved {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB)")
 
 

@@ -1,10 +1,12 @@
 """Fixtures shared by the tests: tiny generated datasets, params files, a loopback HTTP server."""
+import contextlib
 import http.server
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -199,3 +201,33 @@ def trained_run(tmp_path_factory, processed_dir):
     finally:
         os.chdir(cwd)
     return paths
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, *options):
+    """A real small or read-only file system at path (tmpfs; needs root, else the test is skipped)."""
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def start_stage(script, *args, cwd):
+    """Start a stage script in the background, its output readable line by line."""
+    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "stages", script), *map(str, args)],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(process, text, timeout=120):
+    """Read a process's stdout until a line contains text."""
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        if text in line:
+            return line
+        assert time.time() < deadline, f"no line with {text!r} within {timeout} s"
+    raise AssertionError(f"process ended before printing {text!r}")

@@ -33,7 +33,7 @@ def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: models/model.keras not found: run `dvc repro train` to train the model"]
+        "error: models/model.keras not found: run `dvc repro` to train the model"]
     assert not (workdir / "m.json").exists()
 
 
@@ -43,3 +43,13 @@ def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.keras is not a Keras model"), lines
+
+
+def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir):
+    test = common.load_npz(trained_run["processed"] / "test.npz")
+    common.write_npz(workdir / "test.npz", {**test, "class_names": np.array(["a", "b", "c"])})
+    result = run_stage("evaluate.py", trained_run["model"], "test.npz", "m.json", "p.csv", cwd=workdir)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not fit test.npz" in lines[0] and "run `dvc repro`" in lines[0], lines
+    assert not (workdir / "m.json").exists()

@@ -1,6 +1,10 @@
 """End to end: the real `dvc` commands on a copy of the project with generated data."""
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -8,7 +12,7 @@ import yaml
 from PIL import Image
 
 import conftest
-from conftest import STAGES, TINY_PARAMS, make_tiny_project, stages_run, write_params
+from conftest import STAGES, TINY_PARAMS, make_tiny_project, stages_run, wait_for_line, write_params
 
 
 def sh(cwd, *command):
@@ -84,3 +88,36 @@ def test_epochs_rerun_train_evaluate_plot_only(project):
     write_params(root, **{**TINY_PARAMS, "train__epochs": 2}, plot__dpi=80)
     assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "plot"]
     assert json.loads((root / "metrics" / "train" / "metrics.json").read_text())["step"] == 1
+
+
+def test_download_failure_keeps_the_last_good_raw_data(project):
+    root, _ = project
+    raw = (root / "data" / "raw" / "npz.npz").read_bytes()
+    write_params(root, **{**TINY_PARAMS, "data__path": "gone.npz"})
+    result = conftest.sh(root, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "error: data.path = 'gone.npz' is not a file" in result.stderr
+    assert (root / "data" / "raw" / "npz.npz").read_bytes() == raw
+    write_params(root, **TINY_PARAMS)
+    assert stages_run(sh(root, "dvc", "repro")) == []
+
+
+def test_killed_repro_is_recovered_by_the_next_one(project):
+    root, _ = project
+    lock = (root / "dvc.lock").read_text()
+    model = (root / "models" / "model.keras").read_bytes()
+    write_params(root, **{**TINY_PARAMS, "train__epochs": 300, "train__batch_size": 4})
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for_line(process, "Epoch 2/")
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches dvc and the stage
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert (root / "dvc.lock").read_text() == lock  # nothing half-done was recorded
+    write_params(root, **TINY_PARAMS)
+    sh(root, "dvc", "checkout")  # DVC moved the previous model to its cache: it comes back intact
+    assert (root / "models" / "model.keras").read_bytes() == model
+    assert stages_run(sh(root, "dvc", "repro")) == []
+    assert "Data and pipelines are up to date" in sh(root, "dvc", "status")

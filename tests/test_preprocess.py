@@ -71,6 +71,8 @@ def test_outputs_are_byte_identical_across_runs(workdir, raw):
     (lambda a: a.update(y_test=a["y_test"] + 5), "y_test holds labels 5..14; expected 0..9"),
     (lambda a: a.update(y_train=a["y_train"].astype(np.float64)), "y_train has dtype float64"),
     (lambda a: a.pop("y_test"), "lacks the array 'y_test'"),
+    (lambda a: a.update(x_train=np.where(np.arange(200)[:, None, None] == 7, np.nan, a["x_train"] / 255.0)),
+     "x_train holds NaN or infinite values (first in image 7)"),
 ])
 def test_bad_raw_arrays_stop_with_one_line_and_no_output(workdir, change, message):
     arrays = {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES}

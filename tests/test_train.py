@@ -1,5 +1,7 @@
 """The train stage: the notebook's network, every param used, real learning, deterministic results."""
 import json
+import os
+import signal
 
 import keras
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 import common
 import train
-from conftest import REPO, run_stage, write_params
+from conftest import REPO, mounted_tmpfs, run_stage, start_stage, wait_for_line, write_params
 
 DEFAULTS = common.load_params(f"{REPO}/params.yaml")
 
@@ -82,3 +84,54 @@ def test_missing_training_data_is_one_line(workdir):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: nope/train.npz not found: run `dvc repro preprocess` to create it"]
+
+
+@pytest.fixture
+def previous_model(workdir):
+    """A models/ folder holding the 'previous run' model, to be left intact by a failed run."""
+    models = workdir / "models"
+    models.mkdir()
+    (models / "model.keras").write_bytes(b"previous model")
+    return models
+
+
+def interrupt_training(processed_dir, workdir, signal_number):
+    write_params(workdir, train__epochs=200, train__batch_size=8)
+    process = start_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
+                          "models/model.keras", "log", cwd=workdir)
+    wait_for_line(process, "Epoch 2/")
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_leaves_the_previous_model(processed_dir, workdir, previous_model, signal_number):
+    returncode, stderr = interrupt_training(processed_dir, workdir, signal_number)
+    assert returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted: outputs from before this run are left as they were"
+    assert "Traceback" not in stderr
+    assert os.listdir(previous_model) == ["model.keras"]
+    assert (previous_model / "model.keras").read_bytes() == b"previous model"
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workdir):
+    with mounted_tmpfs(workdir / "models", "size=1m") as models:
+        (models / "model.keras").write_bytes(b"previous model")
+        result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
+                           "models/model.keras", "log", cwd=workdir)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write ")
+        assert "the disk is full" in result.stderr and "Traceback" not in result.stderr
+        assert os.listdir(models) == ["model.keras"]
+        assert (models / "model.keras").read_bytes() == b"previous model"
+
+
+def test_read_only_output_folder_is_one_line(processed_dir, workdir):
+    with mounted_tmpfs(workdir / "models", "ro", "size=1m") as models:
+        result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
+                           "models/model.keras", "log", cwd=workdir)
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: cannot write ") and "read-only" in last, result.stderr
+        assert os.listdir(models) == []

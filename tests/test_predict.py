@@ -1,0 +1,166 @@
+"""predict: users' own images of any kind, normalised as MNIST was made, and every bad file handled."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import common
+import predict
+from conftest import REAL_MNIST, digit_images, needs_real_mnist, run_stage
+
+
+def transformed(digit):
+    """A digit as a user might photograph it: enlarged to 200 x 200, dark on light, off-centre on a big page."""
+    big = np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BILINEAR))
+    page = np.full((320, 400), 255, np.uint8)
+    page[90:290, 20:220] = 255 - big
+    return page
+
+
+def normalisation_error(digit):
+    return np.abs(common.mnist_style(transformed(digit)) - digit / np.float32(255)).mean()
+
+
+def test_normalisation_undoes_size_position_and_polarity():
+    digits, _ = digit_images(20, seed=3)
+    errors = []
+    for digit in digits:
+        mnist_like = common.mnist_style(digit)  # the generated digits are not yet in MNIST's 20x20 box
+        again = common.mnist_style(transformed((mnist_like * 255).astype(np.uint8)))
+        assert again.shape == (28, 28) and again.dtype == np.float32 and again.max() == 1
+        errors.append(np.abs(again - mnist_like).mean())
+    assert np.mean(errors) < 0.04 and np.max(errors) < 0.08
+
+
+@needs_real_mnist
+def test_normalisation_gives_back_the_mnist_original():
+    with np.load(REAL_MNIST) as data:
+        digits = data["x_test"][:200]
+    assert np.mean([np.abs(common.mnist_style(d) - d / np.float32(255)).mean() for d in digits]) < 0.002
+    errors = [normalisation_error(d) for d in digits]  # resampling 28 -> 200 -> 20 pixels blurs a little
+    assert np.mean(errors) < 0.035 and np.max(errors) < 0.08
+
+
+@pytest.fixture
+def model_dir(trained_run, tmp_path):
+    """The tiny trained model with its classes.json, in a folder of its own."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    shutil.copy(trained_run["model"], directory / "model.keras")
+    shutil.copy(trained_run["model"].parent / "classes.json", directory / "classes.json")
+    return directory
+
+
+@pytest.fixture
+def good_images(tmp_path):
+    """Four readable images of digits 0-3 in four formats and modes, with their labels."""
+    digits, labels = digit_images(4, seed=5)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(255 - digits[0]).save(folder / "a_dark_on_light.jpg", quality=95)
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = digits[1]
+    Image.fromarray(rgba, "RGBA").save(folder / "b_rgba.png")
+    Image.fromarray(digits[2]).convert("P").save(folder / "c_palette.gif")
+    Image.fromarray(digits[3].astype(np.uint16) * 257).save(folder / "d_16bit.png")
+    assert Image.open(folder / "d_16bit.png").mode.startswith("I;16")
+    return folder, labels
+
+
+def predict_json(model_dir, *paths, top_k=1):
+    result = run_stage("predict.py", "--model", model_dir / "model.keras", "--json", "--top-k", top_k, *paths,
+                       cwd=model_dir)
+    return result, json.loads(result.stdout) if result.stdout.strip() else []
+
+
+def test_json_output_for_every_kind_of_image(model_dir, good_images):
+    folder, labels = good_images
+    result, out = predict_json(model_dir, folder, top_k=3)
+    assert result.returncode == 0, result.stderr
+    assert [os.path.basename(r["path"]) for r in out] == sorted(os.listdir(folder))
+    for r in out:
+        assert set(r) == {"path", "label", "probability", "top_k"}
+        assert r["label"] in [str(d) for d in range(10)] and 0 <= r["probability"] <= 1
+        assert [t["probability"] for t in r["top_k"]] == sorted((t["probability"] for t in r["top_k"]), reverse=True)
+        assert r["top_k"][0]["label"] == r["label"] and len(r["top_k"]) == 3
+    assert "4 images classified, 0 failed" in result.stderr and "images/s" in result.stderr
+
+
+def test_text_lines_and_arrays(model_dir, tmp_path):
+    digits, _ = digit_images(5, seed=6)
+    np.save(tmp_path / "digits.npy", digits[:3])
+    np.savez(tmp_path / "more.npz", first=digits[3:4], second=digits[4:5, :, :, None])
+    result = run_stage("predict.py", "--model", model_dir / "model.keras", tmp_path / "digits.npy",
+                       tmp_path / "more.npz", cwd=model_dir)
+    assert result.returncode == 0, result.stderr
+    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert [n.replace(str(tmp_path) + "/", "") for n in names] == [
+        "digits.npy[0]", "digits.npy[1]", "digits.npy[2]", "more.npz[first][0]", "more.npz[second][0]"]
+
+
+def write_bad_files(folder):
+    """One file for each way an input can be wrong; returns {file name: expected message}."""
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("this is not an image")
+    Image.fromarray(digit_images(1, seed=1)[0][0]).resize((300, 300)).save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("L", (1, 1), 0).save(folder / "one_pixel.png")
+    header = bytearray(data[:33])  # a PNG whose header says 0 x 0 pixels
+    header[16:24] = (0).to_bytes(4, "big") * 2
+    (folder / "zero_area.png").write_bytes(bytes(header) + data[33:])
+    Image.new("L", (50, 50), 180).save(folder / "blank.png")
+    Image.new("1", (10_000, 6_000)).save(folder / "bomb.png")  # 60 megapixels, a few kB on disk
+    (folder / "whole.png").unlink()
+    return {"empty.png": "empty file", "notes.png": "not an image file", "truncated.png": "broken image data",
+            "one_pixel.png": "1x1 pixels is too small", "zero_area.png": "", "blank.png": "no ink",
+            "bomb.png": "10000x6000 pixels is over the limit of 50,000,000"}
+
+
+def test_bad_files_are_one_line_each_and_good_ones_still_classified(model_dir, good_images):
+    folder, _ = good_images
+    expected = write_bad_files(folder)
+    result, out = predict_json(model_dir, folder, folder / "missing.png")
+    assert result.returncode == 1
+    assert len(out) == 4 and all(r["path"].endswith(("jpg", "png", "gif")) for r in out)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in result.stderr
+    assert len(errors) == len(expected) + 1
+    for name, message in expected.items():
+        line = next(e for e in errors if f"/{name}: " in e)
+        assert message in line, line
+    assert any("missing.png: no such file or folder" in e for e in errors)
+    assert "4 images classified, 8 failed" in result.stderr
+
+
+def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
+    result = run_stage("predict.py", "--model", tmp_path / "none.keras", good_images[0], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/none.keras not found: run `dvc repro` to train the model"]
+
+
+def test_file_that_is_not_a_keras_model(tmp_path, good_images):
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    result = run_stage("predict.py", "--model", tmp_path / "model.keras", good_images[0], cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a Keras model" in lines[0], lines
+
+
+def test_thousands_of_images_go_through_in_batches(model_dir, tmp_path, monkeypatch, capsys):
+    digits, labels = digit_images(1200, seed=7)
+    np.save(tmp_path / "many.npy", digits)
+    model = common.load_model(model_dir / "model.keras")
+    calls = []
+    original = model.predict
+    monkeypatch.setattr(model, "predict", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
+    monkeypatch.setattr(common, "load_model", lambda path: model)
+    predict.main(["--model", str(model_dir / "model.keras"), "--json", str(tmp_path / "many.npy")])
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 1200 and calls == [512, 512, 176]
+    accuracy = np.mean([int(r["label"]) == y for r, y in zip(out, labels)])
+    assert accuracy > 0.5  # the tiny model recognises generated digits well above chance (0.1)
