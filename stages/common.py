@@ -363,5 +363,6 @@ def run(main):
               f"the stage again", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted: outputs from before this run are left as they were", file=sys.stderr)
+        print("interrupted: outputs from before this run are left as they were "
+              "(under dvc repro, DVC keeps them in its cache: `dvc checkout` brings them back)", file=sys.stderr)
         sys.exit(130)
