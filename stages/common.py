@@ -144,6 +144,7 @@ PARAMS_SCHEMA = {
     "train.batch_size": _number(1, integer=True),
     "train.learning_rate": _number(0, low_open=True),
     "train.threads": _number(0, 1024, integer=True),
+    "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
     "evaluate.batch_size": _number(1, integer=True),
     "plot.samples": _number(1, 100, integer=True),
     "plot.misclassified": _number(1, 100, integer=True),

@@ -40,6 +40,22 @@ def set_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def distribution_strategy(choice):
+    """The tf.distribute strategy for train.distribute; the global batch is split across its replicas."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if choice == "auto":
+        choice = "mirrored" if len(gpus) > 1 else "none"
+    if choice == "none":
+        return tf.distribute.get_strategy()  # one device: TensorFlow's default placement
+    if choice == "mirrored":  # every local GPU, else every logical CPU device
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    raise common.UserError(
+        "train.distribute = multi_worker does not work with the pinned Keras 3.15: Keras 3's fit() "
+        "fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Use mirrored (all GPUs of one "
+        "machine) and see README, \"Scaling up\"")
+
+
 def seed_everything(seed):
     """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
     keras.utils.set_random_seed(seed)
@@ -96,16 +112,19 @@ def main(argv):
     seed_everything(params["seed"])
     x_train, y_train, class_names = load_split(args.train)
     x_val, y_val, _ = load_split(args.val)
-    try:
-        model = build_model(params["model"], x_train.shape[1:], len(class_names))
-    except ValueError as e:  # e.g. too many pooling layers for a 28x28 input
-        raise common.UserError(f"model.* params give an impossible network ({str(e).splitlines()[0]}); "
-                               f"use fewer conv_filters or smaller kernel_size/pool_size")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=train["learning_rate"]),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    strategy = distribution_strategy(train["distribute"])
+    with strategy.scope():  # variables are created on (mirrored across) the strategy's devices
+        try:
+            model = build_model(params["model"], x_train.shape[1:], len(class_names))
+        except ValueError as e:  # e.g. too many pooling layers for a 28x28 input
+            raise common.UserError(f"model.* params give an impossible network ({str(e).splitlines()[0]}); "
+                                   f"use fewer conv_filters or smaller kernel_size/pool_size")
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=train["learning_rate"]),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    print(f"train: {strategy.num_replicas_in_sync} replica(s), global batch {train['batch_size']}")
     model.summary(print_fn=lambda line, **_: print(line))
 
     live = Live(args.log_dir, dvcyaml=False, save_dvc_exp=False)

@@ -12,7 +12,8 @@ from conftest import REPO, run_stage, write_params
 
 def test_repository_params_are_valid():
     params = common.load_params(os.path.join(REPO, "params.yaml"))
-    assert params["train"] == {"epochs": 10, "batch_size": 64, "learning_rate": 0.001, "threads": 2}
+    assert params["train"] == {"epochs": 10, "batch_size": 64, "learning_rate": 0.001, "threads": 2,
+                                 "distribute": "auto"}
     assert params["data"]["val_split"] == 0.2
 
 

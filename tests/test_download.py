@@ -172,3 +172,17 @@ def test_real_mnist_from_local_mirror(tmp_path):
                        env={"DATASET_MIRRORS": str(tmp_path / "idx"), "KERAS_HOME": str(tmp_path / "nokeras")})
     assert result.returncode == 0, result.stderr
     assert md5(tmp_path / "mnist.npz") == md5(tmp_path / "from_idx.npz")
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist package is not installed")
+def test_fashion_mnist_found_in_debians_copy(tmp_path):
+    write_params(tmp_path, data__dataset="fashion_mnist")
+    env = {"KERAS_HOME": str(tmp_path / "nokeras"), "DATASET_MIRRORS": ""}
+    result = run_stage("download.py", "fashion_mnist.npz", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "fashion_mnist verified from /usr/share/datasets/fashion-mnist" in result.stdout
+    raw = common.load_npz(tmp_path / "fashion_mnist.npz")
+    assert np.bincount(raw["y_train"]).tolist() == [6000] * 10
+    assert np.bincount(raw["y_test"]).tolist() == [1000] * 10
+    assert raw["class_names"].tolist()[:2] == ["T-shirt/top", "Trouser"]
