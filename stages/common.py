@@ -80,6 +80,7 @@ DATASETS = {
     ),
 }
 CUSTOM_NPZ = "npz"  # data.dataset value for the user's own Keras-layout .npz named by data.path
+FOLDER = "folder"  # data.dataset value for the user's own images: data.path/<class name>/<images>
 
 
 def array_digest(array):
@@ -129,8 +130,12 @@ def _optional_str(value):
 # Every key of params.yaml with what it may hold. One place: each stage validates what it reads here.
 PARAMS_SCHEMA = {
     "seed": _number(0, 2**32 - 1, integer=True),
-    "data.dataset": _choice(*DATASETS, CUSTOM_NPZ),
+    "data.dataset": _choice(*DATASETS, FOLDER, CUSTOM_NPZ),
     "data.path": _optional_str,
+    "data.folder.image_size": _number(8, 512, integer=True),
+    "data.folder.color_mode": _choice("grayscale", "rgb"),
+    "data.folder.test_split": _number(0, 1, low_open=True, high_open=True),
+    "data.folder.bad_images": _choice("stop", "skip"),
     "data.val_split": _number(0, 1, low_open=True, high_open=True),
     "data.split": _choice("tail", "stratified"),
     "data.limit": _number(1, integer=True, nullable=True),
@@ -184,8 +189,9 @@ def load_params(path=PARAMS_FILE):
         problem = check(flat[key])
         if problem:
             raise UserError(f"{path}: {key} = {flat[key]!r} is not allowed; it must be {problem}")
-    if flat["data.dataset"] == CUSTOM_NPZ and flat["data.path"] is None:
-        raise UserError(f"{path}: data.dataset = {CUSTOM_NPZ!r} needs data.path set to your .npz file")
+    if flat["data.dataset"] in (CUSTOM_NPZ, FOLDER) and flat["data.path"] is None:
+        raise UserError(f"{path}: data.dataset = {flat['data.dataset']!r} needs data.path set to your "
+                        f"{'.npz file' if flat['data.dataset'] == CUSTOM_NPZ else 'image folder'}")
     return params
 
 
@@ -249,51 +255,115 @@ def write_json(path, data):
 # ---------------------------------------------------------------- images
 
 IMAGE_SIZE = 28  # MNIST: 28 x 28 pixels, the digit fitted into 20 x 20 and centred by centre of mass
-DIGIT_BOX = 20
 INK_THRESHOLD = 0.2  # a pixel is ink when brighter than this fraction of the image's contrast
+MAX_PIXELS = 50_000_000  # larger image files are refused (decompression bombs): 50 megapixels
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 
 
-def mnist_style(pixels):
-    """Bring a grayscale image (2-D array, any size and range) to MNIST's form: float32 28 x 28 in [0, 1].
+class BadImage(ValueError):
+    """An image file or array that can't be used; the message says why."""
+
+
+def _border(pixels):
+    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+
+
+def mnist_style(pixels, size=IMAGE_SIZE):
+    """Bring a grayscale image (2-D array, any size and range) to MNIST's form: float32 size x size in [0, 1].
 
     As MNIST was made: light ink on a dark background (inverted when the border is lighter than
-    the middle), cropped to the ink, scaled to fit 20 x 20 keeping the aspect ratio, placed in
-    28 x 28 with its centre of mass at the centre. Raises ValueError for an image with no ink.
+    the image on average), cropped to the ink, scaled to fit 20/28 of the frame keeping the aspect
+    ratio, placed with its centre of mass at the centre. Raises BadImage for an image with no ink.
     """
     from PIL import Image
 
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 2 or min(pixels.shape) < 2:
-        raise ValueError(f"{pixels.shape[1] if pixels.ndim == 2 else 0}x{pixels.shape[0]} pixels is too small "
-                         f"to hold a digit")
-    def border(a):
-        return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
-
-    if np.median(border(pixels)) > pixels.mean():  # dark ink on a light background
+        raise BadImage(f"{pixels.shape[1] if pixels.ndim == 2 else 0}x{pixels.shape[0]} pixels is too small "
+                       f"to hold a digit")
+    if np.median(_border(pixels)) > pixels.mean():  # dark ink on a light background
         pixels = pixels.max() - pixels
-    background = np.median(border(pixels))
+    background = np.median(_border(pixels))
     pixels = np.clip(pixels - background, 0, None)
     contrast = pixels.max()
     if contrast <= 0 or contrast < 0.05 * max(1.0, float(np.abs(background))):
-        raise ValueError("no ink: the image is blank (one colour)")
+        raise BadImage("no ink: the image is blank (one colour)")
     pixels /= contrast
     rows, cols = np.nonzero(pixels > INK_THRESHOLD)
     pixels = pixels[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
     height, width = pixels.shape
-    scale = DIGIT_BOX / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    digit = np.asarray(Image.fromarray(pixels, mode="F").resize(size, Image.Resampling.LANCZOS))
-    digit = np.clip(digit, 0, None)
+    scale = round(size * 20 / 28) / max(height, width)
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    digit = np.clip(np.asarray(Image.fromarray(pixels, mode="F").resize(shape, Image.Resampling.LANCZOS)), 0, None)
     total = digit.sum()
     centre_row = (digit.sum(axis=1) * np.arange(digit.shape[0])).sum() / total
     centre_col = (digit.sum(axis=0) * np.arange(digit.shape[1])).sum() / total
-    top = int(round(IMAGE_SIZE / 2 - centre_row))  # MNIST put the centre of mass at pixel (14, 14)
-    left = int(round(IMAGE_SIZE / 2 - centre_col))
-    top = min(max(top, 0), IMAGE_SIZE - digit.shape[0])
-    left = min(max(left, 0), IMAGE_SIZE - digit.shape[1])
-    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    top = int(round(size / 2 - centre_row))  # MNIST put the centre of mass at pixel (14, 14)
+    left = int(round(size / 2 - centre_col))
+    top = min(max(top, 0), size - digit.shape[0])
+    left = min(max(left, 0), size - digit.shape[1])
+    out = np.zeros((size, size), np.float32)
     out[top: top + digit.shape[0], left: left + digit.shape[1]] = digit
     return np.clip(out / out.max(), 0, 1)
+
+
+def fit_colour(pixels, size):
+    """An RGB image (H x W x 3, 0-255) scaled to fit size x size keeping its aspect, centred on black, in [0, 1]."""
+    from PIL import Image
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) < 2:
+        raise BadImage(f"an image of shape {pixels.shape} is not a colour image of 2x2 pixels or more")
+    height, width = pixels.shape[:2]
+    scale = size / max(height, width)
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).resize(shape, Image.Resampling.LANCZOS)
+    out = np.zeros((size, size, 3), np.float32)
+    top, left = (size - shape[1]) // 2, (size - shape[0]) // 2
+    out[top: top + shape[1], left: left + shape[0]] = np.asarray(image, np.float32) / 255
+    return out
+
+
+def to_model_image(pixels, size=IMAGE_SIZE, colour=False):
+    """The one normalisation of every image the model sees: MNIST-style grayscale, or fitted colour."""
+    return fit_colour(pixels, size) if colour else mnist_style(pixels, size)
+
+
+def read_image(path, colour=False):
+    """The pixels of an image file: 2-D brightness (alpha laid on white, 16-bit kept exact), or H x W x 3 RGB."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    if os.path.getsize(path) == 0:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, in our words
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise BadImage(f"{width}x{height} pixels is over the limit of {MAX_PIXELS:,}; scale it down")
+                if width < 2 or height < 2:
+                    raise BadImage(f"{width}x{height} pixels is too small to hold a digit")
+                image.load()
+                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                    rgba = image.convert("RGBA")
+                    image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+                if colour:
+                    return np.asarray(image.convert("RGB"), dtype=np.float32)
+                if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    return np.asarray(image, dtype=np.float32)
+                return np.asarray(image.convert("L"), dtype=np.float32)
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image file (or in a format Pillow can't read)")
+    except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses to open it
+        raise BadImage(f"over the limit of {MAX_PIXELS:,} pixels ({e}); scale it down")
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise BadImage(f"broken image data ({e})")
 
 
 def load_model(path):

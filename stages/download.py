@@ -1,10 +1,13 @@
 """Stage download: fetch the dataset named by data.dataset, verify its content, write data/raw/<dataset>.npz.
 
+For mnist and fashion_mnist:
 Sources, first good one wins: each entry of DATASET_MIRRORS (colon-separated local folders or
 http(s) URL prefixes), Keras' cache ($KERAS_HOME/datasets or ~/.keras/datasets), folders a system
 package installs, then the official URLs. In each folder or prefix it looks for <name>.npz and the
 four IDX .gz files, also under a <dataset>/ subfolder. A candidate is accepted only when every
 decoded uint8 array has the pinned sha256 digest, so any source yields the same bytes.
+For folder: the images under data.path, one subfolder per class, normalised to data.folder.*.
+For npz: the user's own Keras-layout arrays at data.path, as they are.
 """
 import argparse
 import gzip
@@ -198,13 +201,68 @@ def load_custom(path):
     return arrays
 
 
+def read_class_folders(root, class_names, folder_params):
+    """(images, labels) of root/<class>/<file> for each class; unreadable files stop or are skipped."""
+    colour = folder_params["color_mode"] == "rgb"
+    images, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(root, name)
+        files = sorted(f for f in os.listdir(folder) if not f.startswith(".")) if os.path.isdir(folder) else []
+        kept = 0
+        for file in files:
+            path = os.path.join(folder, file)
+            try:
+                pixels = common.to_model_image(common.read_image(path, colour), folder_params["image_size"], colour)
+            except common.BadImage as e:
+                if folder_params["bad_images"] == "stop":
+                    raise common.UserError(f"{path}: {e}; fix or remove it, or set data.folder.bad_images: skip")
+                print(f"download: skipped {path}: {e}", file=sys.stderr)
+                continue
+            images.append(np.round(pixels * 255).astype(np.uint8))
+            labels.append(label)
+            kept += 1
+        if kept == 0:
+            raise common.UserError(f"class folder {folder} has no usable images: add some, or remove the folder")
+    return np.stack(images), np.array(labels, np.int64)
+
+
+def load_folder(path, folder_params, seed):
+    """A dataset from data.path/<class>/*: the test set from data.path/test/<class>/* or a stratified split."""
+    if not os.path.isdir(path):
+        raise common.UserError(f"data.path = {path!r} is not a folder: make one subfolder of images per class")
+    class_names = sorted(e.name for e in os.scandir(path) if e.is_dir() and e.name != "test"
+                         and not e.name.startswith("."))
+    if len(class_names) < 2:
+        raise common.UserError(f"{path} has {len(class_names)} class folder(s) {class_names}; a classifier needs "
+                               f"two or more: put each class's images in a subfolder named after it")
+    x, y = read_class_folders(path, class_names, folder_params)
+    if os.path.isdir(os.path.join(path, "test")):
+        x_test, y_test = read_class_folders(os.path.join(path, "test"), class_names, folder_params)
+    else:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=folder_params["test_split"],
+                                                   random_state=seed, stratify=y)
+        except ValueError as e:
+            raise common.UserError(f"{path}: too few images for data.folder.test_split = "
+                                   f"{folder_params['test_split']} in every class ({e}); add images or a test/ folder")
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    print(f"download: {len(class_names)} classes, {len(y)} training and {len(y_test)} test images from {path}")
+    return {"x_train": x, "y_train": y, "x_test": x_test, "y_test": y_test, "class_names": np.array(class_names)}
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="where to write the verified arrays (.npz)")
     args = parser.parse_args(argv)
-    params = common.load_params()["data"]
+    all_params = common.load_params()
+    params = all_params["data"]
 
-    if params["dataset"] == common.CUSTOM_NPZ:
+    if params["dataset"] == common.FOLDER:
+        arrays = load_folder(params["path"], params["folder"], all_params["seed"])
+    elif params["dataset"] == common.CUSTOM_NPZ:
         arrays = load_custom(params["path"])
         labels = np.concatenate([arrays["y_train"].ravel(), arrays["y_test"].ravel()])
         if "class_names" not in arrays and labels.size and np.issubdtype(labels.dtype, np.integer):

@@ -1,7 +1,7 @@
 """Stage preprocess: check the raw arrays, hold out a validation split, scale images to [0, 1].
 
-Writes train.npz, val.npz and test.npz (x: float32 (N, 28, 28, 1), y: integer labels,
-class_names) into the output folder. The validation split comes from the training set only;
+Writes train.npz, val.npz and test.npz (x: float32 (N, H, W, C), C = 1 for grayscale and 3 for
+RGB; y: integer labels; class_names) into the output folder. The validation split comes from the training set only;
 the test set is kept apart for the evaluate stage.
 """
 import argparse
@@ -15,15 +15,19 @@ import common
 
 
 def check_raw(arrays, source):
-    """Stop with one line if the raw arrays are not N x H x W uint8 images with labels 0..K-1."""
+    """Stop with one line if the raw arrays are not N x H x W (x 3) uint8 images with labels 0..K-1."""
     for name in common.ARRAY_NAMES + ("class_names",):
         if name not in arrays:
             raise common.UserError(f"{source} lacks the array '{name}': run `dvc repro download` again")
     num_classes = len(arrays["class_names"])
+    image_shape = arrays["x_train"].shape[1:]
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or x.shape[0] == 0 or x.shape[1:] != (28, 28):
-            raise common.UserError(f"{source}: x_{split} has shape {x.shape}; expected (N, 28, 28) images")
+        if x.ndim not in (3, 4) or x.shape[0] == 0 or min(x.shape[1:3]) < 8 or (x.ndim == 4 and x.shape[3] != 3):
+            raise common.UserError(f"{source}: x_{split} has shape {x.shape}; expected (N, H, W) grayscale or "
+                                   f"(N, H, W, 3) RGB images, e.g. (N, 28, 28)")
+        if x.shape[1:] != image_shape:
+            raise common.UserError(f"{source}: x_{split} images are {x.shape[1:]} but x_train's are {image_shape}")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
             raise common.UserError(f"{source}: x_{split} holds NaN or infinite values (first in image {bad}); "
@@ -56,8 +60,9 @@ def split_train_val(x, y, val_split, method, seed):
 
 
 def to_model_input(images):
-    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], as the notebook did."""
-    return images.reshape(-1, 28, 28, 1).astype(np.float32) / 255
+    """uint8 (N, H, W) or (N, H, W, 3) -> float32 (N, H, W, C) in [0, 1]: for MNIST, (-1, 28, 28, 1) / 255."""
+    channels = 1 if images.ndim == 3 else 3
+    return images.reshape(-1, *images.shape[1:3], channels).astype(np.float32) / 255
 
 
 def main(argv):

@@ -45,6 +45,22 @@ def tiny_arrays(n_train=300, n_test=100, seed=0):
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
+def image_folder(root, classes=("zero", "one", "two"), per_class=30, seed=0):
+    """A folder dataset of generated digits: root/<class>/*, in several formats, sizes and polarities."""
+    images, labels = digit_images(per_class * 10, seed)
+    for label, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i, image in enumerate(images[labels == label][:per_class]):
+            style = i % 3
+            if style == 0:
+                Image.fromarray(image).save(os.path.join(root, name, f"{i:03d}.png"))
+            elif style == 1:
+                Image.fromarray(255 - image).resize((40, 40)).save(os.path.join(root, name, f"{i:03d}.jpg"))
+            else:
+                Image.fromarray(image).convert("RGB").save(os.path.join(root, name, f"{i:03d}.bmp"))
+    return root
+
+
 def write_params(directory, **overrides):
     """Copy the repository's params.yaml into directory with dotted-key overrides (data__limit=...)."""
     with open(os.path.join(REPO, "params.yaml")) as f:
@@ -162,6 +178,7 @@ def stages_run(output):
 
 def make_tiny_project(root):
     """The files a user clones (no data, no results) plus a generated dataset, committed in a new git repo."""
+    os.makedirs(root, exist_ok=True)
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(os.path.join(REPO, name), root)
     shutil.copytree(os.path.join(REPO, "stages"), os.path.join(root, "stages"),

@@ -28,7 +28,7 @@ def test_schema_covers_exactly_the_keys_of_params_yaml():
     ("train__epochs", 2.5, "train.epochs = 2.5 is not allowed; it must be an integer"),
     ("data__val_split", 1.0, "data.val_split = 1.0 is not allowed; it must be < 1"),
     ("data__val_split", 0, "data.val_split = 0 is not allowed; it must be > 0"),
-    ("data__dataset", "cifar", "data.dataset = 'cifar' is not allowed; it must be one of mnist, fashion_mnist, npz"),
+    ("data__dataset", "cifar", "data.dataset = 'cifar' is not allowed; it must be one of mnist, fashion_mnist, folder, npz"),
     ("model__conv_filters", [], "model.conv_filters = [] is not allowed; it must be a non-empty list"),
     ("train__learning_rate", "fast", "train.learning_rate = 'fast' is not allowed; it must be a number"),
 ])

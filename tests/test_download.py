@@ -12,7 +12,7 @@ import pytest
 
 import common
 import download
-from conftest import REAL_MNIST, needs_real_mnist, run_stage, tiny_arrays, write_params
+from conftest import REAL_MNIST, image_folder, needs_real_mnist, run_stage, tiny_arrays, write_params
 
 FAST = {"timeout": 1, "retries": 2, "backoff": 0.01}
 
@@ -186,3 +186,66 @@ def test_fashion_mnist_found_in_debians_copy(tmp_path):
     assert np.bincount(raw["y_train"]).tolist() == [6000] * 10
     assert np.bincount(raw["y_test"]).tolist() == [1000] * 10
     assert raw["class_names"].tolist()[:2] == ["T-shirt/top", "Trouser"]
+
+
+def run_folder(tmp_path, folder, **params):
+    write_params(tmp_path, data__dataset="folder", data__path=str(folder), **params)
+    return run_stage("download.py", "raw.npz", cwd=tmp_path)
+
+
+def test_image_folder_becomes_a_dataset_with_class_names(tmp_path):
+    folder = image_folder(tmp_path / "mine")
+    result = run_folder(tmp_path, folder)
+    assert result.returncode == 0, result.stderr
+    raw = common.load_npz(tmp_path / "raw.npz")
+    assert raw["class_names"].tolist() == ["one", "two", "zero"]  # sorted folder names
+    assert raw["x_train"].shape == (72, 28, 28) and raw["x_test"].shape == (18, 28, 28)
+    assert raw["x_train"].dtype == np.uint8
+    assert np.bincount(raw["y_test"]).tolist() == [6, 6, 6]  # seeded, stratified data.folder.test_split
+    first = md5(tmp_path / "raw.npz")
+    assert run_folder(tmp_path, folder).returncode == 0 and md5(tmp_path / "raw.npz") == first
+
+
+def test_image_folder_with_test_subfolder_rgb_and_another_size(tmp_path):
+    folder = image_folder(tmp_path / "mine", classes=("a", "b"), per_class=10)
+    image_folder(folder / "test", classes=("a", "b"), per_class=4, seed=9)
+    result = run_folder(tmp_path, folder, data__folder__image_size=32, data__folder__color_mode="rgb")
+    assert result.returncode == 0, result.stderr
+    raw = common.load_npz(tmp_path / "raw.npz")
+    assert raw["x_train"].shape == (20, 32, 32, 3) and raw["x_test"].shape == (8, 32, 32, 3)
+    assert raw["class_names"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: (f / "zero").mkdir(), "class folder"),
+    (lambda f: [p.unlink() for p in (f / "one").iterdir()], "has no usable images"),
+])
+def test_empty_class_is_one_line(tmp_path, make, message):
+    folder = image_folder(tmp_path / "mine", classes=("one", "two"), per_class=5)
+    make(folder)
+    result = run_folder(tmp_path, folder)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_one_class_only_is_one_line(tmp_path):
+    folder = image_folder(tmp_path / "mine", classes=("only",), per_class=5)
+    result = run_folder(tmp_path, folder)
+    assert result.returncode == 1
+    assert "has 1 class folder(s) ['only']; a classifier needs two or more" in result.stderr.strip()
+
+
+def test_unreadable_file_stops_or_is_skipped_as_the_param_says(tmp_path):
+    folder = image_folder(tmp_path / "mine", classes=("one", "two"), per_class=10)
+    (folder / "two" / "broken.png").write_bytes(b"\x89PNG not really")
+    stopped = run_folder(tmp_path, folder)
+    assert stopped.returncode == 1 and not (tmp_path / "raw.npz").exists()
+    assert stopped.stderr.strip().splitlines() == [
+        f"error: {folder}/two/broken.png: not an image file (or in a format Pillow can't read); fix or remove it, "
+        f"or set data.folder.bad_images: skip"]
+    skipped = run_folder(tmp_path, folder, data__folder__bad_images="skip")
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"download: skipped {folder}/two/broken.png: not an image file" in skipped.stderr
+    raw = common.load_npz(tmp_path / "raw.npz")
+    assert len(raw["y_train"]) + len(raw["y_test"]) == 20

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 import conftest
-from conftest import STAGES, TINY_PARAMS, make_tiny_project, stages_run, wait_for_line, write_params
+from conftest import (STAGES, TINY_PARAMS, image_folder, make_tiny_project, stages_run, wait_for_line,
+                      write_params)
 
 
 def sh(cwd, *command):
@@ -64,7 +65,10 @@ def test_metrics_and_plots_commands_work(project):
 def test_lock_records_params_and_interpolated_dataset(project):
     root, _ = project
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert lock["stages"]["download"]["params"]["params.yaml"] == {"data.dataset": "npz", "data.path": "tiny.npz"}
+    download = lock["stages"]["download"]
+    assert set(download["params"]["params.yaml"]) == {"seed", "data.dataset", "data.path", "data.folder"}
+    assert download["params"]["params.yaml"]["data.path"] == "tiny.npz"
+    assert "tiny.npz" in [dep["path"] for dep in download["deps"]]  # DVC tracks the user's data itself
     assert set(lock["stages"]["train"]["params"]["params.yaml"]) == {"seed", "model", "train"}
 
 
@@ -121,3 +125,21 @@ def test_killed_repro_is_recovered_by_the_next_one(project):
     assert (root / "models" / "model.keras").read_bytes() == model
     assert stages_run(sh(root, "dvc", "repro")) == []
     assert "Data and pipelines are up to date" in sh(root, "dvc", "status")
+
+
+def test_image_folder_project_end_to_end(tmp_path):
+    root = make_tiny_project(tmp_path / "folder_project")
+    image_folder(root / "data" / "own", classes=("cat", "dog", "fish"), per_class=30)
+    write_params(root, **{**TINY_PARAMS, "data__dataset": "folder", "data__path": "data/own", "train__epochs": 3})
+    assert stages_run(sh(root, "dvc", "repro")) == list(STAGES)
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert list(metrics["per_class"]) == ["cat", "dog", "fish"]  # class names from the folder names
+    assert json.loads((root / "models" / "classes.json").read_text()) == ["cat", "dog", "fish"]
+    with open(root / "metrics" / "predictions.csv") as f:
+        assert {row["actual"] for row in csv.DictReader(f)} == {"cat", "dog", "fish"}
+    predicted = json.loads(sh(root, "python", "stages/predict.py", "--json", "data/own/dog/000.png"))
+    assert predicted[0]["label"] in ("cat", "dog", "fish")
+    # DVC tracks the folder: a new image reruns the data stages and what they feed
+    Image.open(root / "data" / "own" / "cat" / "000.png").rotate(5).save(root / "data" / "own" / "cat" / "new.png")
+    assert "changed deps" in sh(root, "dvc", "status")
+    assert stages_run(sh(root, "dvc", "repro"))[:2] == ["download", "preprocess"]

@@ -65,7 +65,7 @@ def test_outputs_are_byte_identical_across_runs(workdir, raw):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda a: a.update(x_train=a["x_train"][:, :27]), "x_train has shape (200, 27, 28); expected (N, 28, 28)"),
+    (lambda a: a.update(x_train=a["x_train"][:, :, :8].reshape(200, 28, 4, 2)), "x_train has shape (200, 28, 4, 2)"),
     (lambda a: a.update(x_test=a["x_test"].astype(np.float32)), "x_test has dtype float32; expected uint8"),
     (lambda a: a.update(y_train=a["y_train"][:-1]), "x_train has 200 images but y_train has 199 labels"),
     (lambda a: a.update(y_test=a["y_test"] + 5), "y_test holds labels 5..14; expected 0..9"),
