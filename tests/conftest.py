@@ -19,6 +19,12 @@ sys.path.insert(0, os.path.join(REPO, "stages"))
 
 import common  # noqa: E402
 
+# Tests that train in-process share one TensorFlow runtime, whose thread pools can be set only before
+# it starts: set them now to the default train.threads, which train.set_threads then leaves alone.
+_tf = common.quiet_tensorflow()
+_tf.config.threading.set_intra_op_parallelism_threads(2)
+_tf.config.threading.set_inter_op_parallelism_threads(2)
+
 REAL_MNIST = os.path.join(REPO, "..", "shared", "datasets", "mnist.npz")
 needs_real_mnist = pytest.mark.skipif(not os.path.exists(REAL_MNIST),
                                       reason="real MNIST mirror ../shared/datasets/mnist.npz is absent")
