@@ -135,3 +135,8 @@ def test_read_only_output_folder_is_one_line(processed_dir, workdir):
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: cannot write ") and "read-only" in last, result.stderr
         assert os.listdir(models) == []
+
+
+def test_network_takes_input_shape_and_class_count_from_the_data():
+    model = train.build_model(DEFAULTS["model"], (32, 32, 3), 5)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 5)
