@@ -6,7 +6,6 @@ confusion-matrix template).
 """
 import argparse
 import csv
-import os
 
 import common
 
