@@ -1,7 +1,9 @@
 """The original notebook's experiment, verbatim in spirit: the baseline the pipeline is measured against.
 
-Usage: python bench/notebook.py [--epochs N] [--mnist PATH]
-Loads MNIST from a local mnist.npz (Keras layout) instead of the network.
+Usage: python bench/notebook.py [--epochs N] [--mnist PATH] [--seed S] [--precision POLICY]
+Loads MNIST from a local mnist.npz (Keras layout) instead of the network. It uses Keras alone, so
+it also runs on another backend: KERAS_BACKEND=jax python bench/notebook.py (the GPU figures in
+bench/results/gpu.json). --seed and --precision are off by default, as in the notebook.
 """
 import argparse
 import json
@@ -16,7 +18,12 @@ from keras import layers  # noqa: E402
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=10)
 parser.add_argument("--mnist", default="../shared/datasets/mnist.npz")
+parser.add_argument("--seed", type=int, default=None, help="seed Keras' random generators")
+parser.add_argument("--precision", default="float32", help="Keras dtype policy, e.g. mixed_float16")
 args = parser.parse_args()
+if args.seed is not None:
+    keras.utils.set_random_seed(args.seed)
+keras.mixed_precision.set_global_policy(args.precision)
 
 with np.load(args.mnist) as f:
     x_train, y_train, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
@@ -42,4 +49,5 @@ start = time.perf_counter()
 model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, validation_split=0.2, verbose=2)
 train_s = time.perf_counter() - start
 loss, acc = model.evaluate(x_test, y_test, verbose=0)
-print(json.dumps({"train_seconds": round(train_s, 2), "test_accuracy": acc, "test_loss": loss}))
+print(json.dumps({"backend": keras.backend.backend(), "precision": args.precision, "epochs": args.epochs,
+                  "train_seconds": round(train_s, 2), "test_accuracy": acc, "test_loss": loss}))
