@@ -123,13 +123,14 @@ def read_idx(paths):
     return arrays
 
 
-def read_npz(path, names=common.ARRAY_NAMES):
+def read_npz(path, names=common.ARRAY_NAMES, optional=()):
+    """The named arrays of an .npz file, plus those of `optional` that it holds."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [n for n in names if n not in data.files]
             if missing:
                 raise SourceError(f"{os.path.basename(path)} lacks the arrays {', '.join(missing)}")
-            return {name: data[name] for name in names}
+            return {name: data[name] for name in (*names, *optional) if name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SourceError(f"{os.path.basename(path)} is not a valid .npz file ({e})")
 
@@ -190,14 +191,13 @@ def load_custom(path):
     """The user's own Keras-layout .npz (data.path): copied as it is; preprocess checks its content."""
     if not os.path.isfile(path):
         raise common.UserError(f"data.path = {path!r} is not a file: point it at your .npz "
-                        f"with x_train, y_train, x_test, y_test")
+                               f"with x_train, y_train, x_test, y_test")
     try:
-        arrays = read_npz(path)
-        with np.load(path, allow_pickle=False) as data:
-            if "class_names" in data.files:
-                arrays["class_names"] = data["class_names"].astype(str)
+        arrays = read_npz(path, optional=("class_names",))  # one read of the file, names included
     except SourceError as e:
         raise common.UserError(f"data.path: {e}; it needs the arrays x_train, y_train, x_test, y_test")
+    if "class_names" in arrays:
+        arrays["class_names"] = arrays["class_names"].astype(str)
     return arrays
 
 

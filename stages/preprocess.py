@@ -1,8 +1,8 @@
 """Stage preprocess: check the raw arrays, hold out a validation split, scale images to [0, 1].
 
 Writes train.npz, val.npz and test.npz (x: float32 (N, H, W, C), C = 1 for grayscale and 3 for
-RGB; y: integer labels; class_names) into the output folder. The validation split comes from the training set only;
-the test set is kept apart for the evaluate stage.
+RGB; y: integer labels; class_names) into the output folder. The validation split comes from the
+training set only; the test set is kept apart for the evaluate stage.
 """
 import argparse
 import math
