@@ -140,14 +140,25 @@ PARAMS_SCHEMA = {
     "data.split": _choice("tail", "stratified"),
     "data.limit": _number(1, integer=True, nullable=True),
     "model.conv_filters": _int_list(),
+    "model.convs_per_block": _number(1, 8, integer=True),
     "model.kernel_size": _number(1, 28, integer=True),
+    "model.padding": _choice("valid", "same"),
     "model.pool_size": _number(1, 28, integer=True),
+    "model.batch_norm": lambda value: None if isinstance(value, bool) else "true or false",
     "model.conv_dropout": _number(0, 1, high_open=True),
     "model.dense_units": _int_list(low=1),
     "model.dense_dropout": _number(0, 1, high_open=True),
+    "model.augment.rotation": _number(0, 180),
+    "model.augment.shift": _number(0, 1, high_open=True),
+    "model.augment.zoom": _number(0, 1, high_open=True),
     "train.epochs": _number(1, integer=True),
     "train.batch_size": _number(1, integer=True),
     "train.learning_rate": _number(0, low_open=True),
+    "train.schedule": _choice("constant", "cosine"),
+    "train.warmup": _number(0, 1, high_open=True),
+    "train.precision": _choice("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "train.steps_per_execution": _number(1, integer=True),
+    "train.val_batch_size": _number(1, integer=True),
     "train.threads": _number(0, 1024, integer=True),
     "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
     "evaluate.batch_size": _number(1, integer=True),
@@ -243,6 +254,16 @@ def load_npz(path, stage_hint="dvc repro"):
             return {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is not a readable .npz file ({e}): delete it and run `{stage_hint}`")
+
+
+def load_split(path):
+    """A preprocess output -> (x float32 (N, H, W, C) in [0, 1], y int labels, class names).
+
+    preprocess stores uint8 pixels (a quarter of the bytes to write, hash and cache); the scaling is
+    the notebook's, x.astype(float32) / 255, so the arrays are equal to scaling in preprocess.
+    """
+    data = load_npz(path, "dvc repro preprocess")
+    return data["x"].astype(np.float32) / 255, data["y"], [str(c) for c in data["class_names"]]
 
 
 def write_json(path, data):

@@ -45,9 +45,7 @@ def main(argv):
     params = common.load_params()
 
     model = common.load_model(args.model)
-    test = common.load_npz(args.test, "dvc repro preprocess")
-    class_names = [str(c) for c in test["class_names"]]
-    x_test, y_test = test["x"], test["y"]
+    x_test, y_test, class_names = common.load_split(args.test)
     if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x_test.shape[1:]:
         raise common.UserError(f"{args.model} does not fit {args.test} (model {model.input_shape} -> "
                                f"{model.output_shape}, data {x_test.shape[1:]} with {len(class_names)} classes): "

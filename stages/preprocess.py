@@ -1,7 +1,7 @@
-"""Stage preprocess: check the raw arrays, hold out a validation split, scale images to [0, 1].
+"""Stage preprocess: check the raw arrays, hold out a validation split, give the images a channel axis.
 
-Writes train.npz, val.npz and test.npz (x: float32 (N, H, W, C), C = 1 for grayscale and 3 for
-RGB; y: integer labels; class_names) into the output folder. The validation split comes from the
+Writes train.npz, val.npz and test.npz (x: uint8 (N, H, W, C), C = 1 for grayscale and 3 for
+RGB, scaled to [0, 1] as the stages read them; y: integer labels; class_names) into the output folder. The validation split comes from the
 training set only; the test set is kept apart for the evaluate stage.
 """
 import argparse
@@ -59,10 +59,14 @@ def split_train_val(x, y, val_split, method, seed):
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
 
-def to_model_input(images):
-    """uint8 (N, H, W) or (N, H, W, 3) -> float32 (N, H, W, C) in [0, 1]: for MNIST, (-1, 28, 28, 1) / 255."""
+def with_channels(images):
+    """uint8 (N, H, W) or (N, H, W, 3) -> uint8 (N, H, W, C): for MNIST, the notebook's (-1, 28, 28, 1).
+
+    The pixels stay uint8, a quarter of float32's bytes; common.load_split scales them to [0, 1] as
+    the notebook does (float32 / 255) when a stage reads them.
+    """
     channels = 1 if images.ndim == 3 else 3
-    return images.reshape(-1, *images.shape[1:3], channels).astype(np.float32) / 255
+    return images.reshape(-1, *images.shape[1:3], channels)
 
 
 def main(argv):
@@ -87,7 +91,7 @@ def main(argv):
     class_names = raw["class_names"]
     for name, x, y in (("train", x_fit, y_fit), ("val", x_val, y_val), ("test", raw["x_test"], raw["y_test"])):
         common.write_npz(os.path.join(args.output_dir, f"{name}.npz"),
-                         {"x": to_model_input(x), "y": y.astype(np.int64), "class_names": class_names})
+                         {"x": with_channels(x), "y": y.astype(np.int64), "class_names": class_names})
         print(f"preprocess: {name}: {len(x)} images")
 
 

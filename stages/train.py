@@ -5,8 +5,11 @@ the native Keras format. The test set is never read here.
 """
 import argparse
 import json
+import math
 import os
+import re
 import sys
+import time
 import zipfile
 
 import common
@@ -18,19 +21,82 @@ from dvclive.keras import DVCLiveCallback  # noqa: E402
 from keras import layers  # noqa: E402
 
 
-def build_model(model_params, input_shape, num_classes):
-    """Conv-pool blocks, dropout, dense layers with dropout, softmax: the notebook's net by default."""
-    stack = [keras.Input(shape=input_shape)]
+def augmentation(augment):
+    """Random rotations, shifts and zooms of the training images; inactive at inference. None by default."""
+    stack = []  # float32 whatever the precision: the image transforms have no bfloat16 kernels on CPU
+    if augment["rotation"]:
+        stack.append(layers.RandomRotation(augment["rotation"] / 360, fill_mode="constant", dtype="float32"))
+    if augment["zoom"]:
+        stack.append(layers.RandomZoom(augment["zoom"], fill_mode="constant", dtype="float32"))
+    if augment["shift"]:
+        stack.append(layers.RandomTranslation(augment["shift"], augment["shift"], fill_mode="constant",
+                                              dtype="float32"))
+    return stack
+
+
+def build_model(model_params, input_shape, num_classes, dtype="float32"):
+    """Conv-pool blocks, dropout, dense layers with dropout, softmax: the notebook's net by default.
+
+    Options beyond the notebook: several convolutions per block, "same" padding, batch normalisation
+    (conv/dense, then BatchNormalization, then relu) and augmentation layers in front. dtype is the
+    Keras dtype policy of the hidden layers (train.precision); the softmax layer stays float32, as
+    Keras' mixed-precision guide advises, so probabilities and the loss are computed exactly.
+    """
+    batch_norm, kernel, padding = model_params["batch_norm"], model_params["kernel_size"], model_params["padding"]
+    stack = [keras.Input(shape=input_shape)] + augmentation(model_params["augment"])
     for filters in model_params["conv_filters"]:
-        stack += [
-            layers.Conv2D(filters, model_params["kernel_size"], activation="relu"),
-            layers.MaxPooling2D(model_params["pool_size"]),
-        ]
-    stack += [layers.Dropout(model_params["conv_dropout"]), layers.Flatten()]
+        for _ in range(model_params["convs_per_block"]):
+            if batch_norm:
+                stack += [layers.Conv2D(filters, kernel, padding=padding, use_bias=False, dtype=dtype),
+                          layers.BatchNormalization(dtype=dtype), layers.Activation("relu", dtype=dtype)]
+            else:
+                stack.append(layers.Conv2D(filters, kernel, padding=padding, activation="relu", dtype=dtype))
+        stack.append(layers.MaxPooling2D(model_params["pool_size"], dtype=dtype))
+    stack += [layers.Dropout(model_params["conv_dropout"], dtype=dtype), layers.Flatten(dtype=dtype)]
     for units in model_params["dense_units"]:
-        stack += [layers.Dense(units, activation="relu"), layers.Dropout(model_params["dense_dropout"])]
-    stack.append(layers.Dense(num_classes, activation="softmax"))
+        if batch_norm:
+            stack += [layers.Dense(units, use_bias=False, dtype=dtype), layers.BatchNormalization(dtype=dtype),
+                      layers.Activation("relu", dtype=dtype)]
+        else:
+            stack.append(layers.Dense(units, activation="relu", dtype=dtype))
+        stack.append(layers.Dropout(model_params["dense_dropout"], dtype=dtype))
+    stack.append(layers.Dense(num_classes, activation="softmax", dtype="float32"))
     return keras.Sequential(stack, name="cnn")
+
+
+def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
+    """True where the CPU computes bfloat16 natively: x86 AVX512-BF16 or AMX, Arm BF16."""
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:  # not Linux: no cheap way to tell, so no
+        return False
+    flags = set()
+    for line in re.findall(r"^(?:flags|Features)\s*:(.*)$", text, re.MULTILINE):
+        flags.update(line.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(choice):
+    """train.precision -> a Keras dtype policy. auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU
+    with native bfloat16, float32 elsewhere (bfloat16 emulated in software is slower than float32)."""
+    if choice != "auto":
+        return choice
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def learning_rate(train, train_size, replicas=1):
+    """Adam's learning rate: constant, or cosine decay to 0 after a linear warm-up from 0 (one cycle)."""
+    if train["schedule"] == "constant":
+        return train["learning_rate"]
+    steps = train["epochs"] * math.ceil(train_size / train["batch_size"])
+    warmup = int(train["warmup"] * steps)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(train["learning_rate"], steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, steps - warmup, warmup_target=train["learning_rate"],
+                                                  warmup_steps=warmup)
 
 
 def set_threads(threads):
@@ -63,9 +129,8 @@ def seed_everything(seed):
 
 
 def load_split(path):
-    data = common.load_npz(path, "dvc repro preprocess")
-    class_names = [str(c) for c in data["class_names"]]
-    return data["x"], keras.utils.to_categorical(data["y"], len(class_names)), class_names
+    x, y, class_names = common.load_split(path)
+    return x, keras.utils.to_categorical(y, len(class_names)), class_names
 
 
 def renumber_shared_objects(node, numbers):
@@ -110,34 +175,51 @@ def main(argv):
 
     set_threads(train["threads"])
     seed_everything(params["seed"])
+    precision = resolve_precision(train["precision"])
     x_train, y_train, class_names = load_split(args.train)
     x_val, y_val, _ = load_split(args.val)
     strategy = distribution_strategy(train["distribute"])
+    steps_per_execution = train["steps_per_execution"]
+    if strategy.num_replicas_in_sync > 1 and steps_per_execution > 1:
+        # Keras 3.15's multi-step loop fails under MirroredStrategy ("You must feed a value for
+        # placeholder tensor"); one step per call is the same training, only slower
+        print(f"train: steps_per_execution {steps_per_execution} -> 1 under {type(strategy).__name__}")
+        steps_per_execution = 1
     with strategy.scope():  # variables are created on (mirrored across) the strategy's devices
         try:
-            model = build_model(params["model"], x_train.shape[1:], len(class_names))
+            model = build_model(params["model"], x_train.shape[1:], len(class_names), precision)
         except ValueError as e:  # e.g. too many pooling layers for a 28x28 input
             raise common.UserError(f"model.* params give an impossible network ({str(e).splitlines()[0]}); "
                                    f"use fewer conv_filters or smaller kernel_size/pool_size")
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate(train, len(x_train)))
+        if precision == "mixed_float16":  # float16 gradients underflow without loss scaling
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=train["learning_rate"]),
+            optimizer=optimizer,
             loss="categorical_crossentropy",
             metrics=["accuracy"],
+            steps_per_execution=steps_per_execution,
         )
-    print(f"train: {strategy.num_replicas_in_sync} replica(s), global batch {train['batch_size']}")
+    print(f"train: {strategy.num_replicas_in_sync} replica(s), global batch {train['batch_size']}, "
+          f"precision {precision}")
     model.summary(print_fn=lambda line, **_: print(line))
 
     live = Live(args.log_dir, dvcyaml=False, save_dvc_exp=False)
+    start = time.perf_counter()
     model.fit(
         x_train,
         y_train,
         batch_size=train["batch_size"],
         epochs=train["epochs"],
         validation_data=(x_val, y_val),
+        validation_batch_size=train["val_batch_size"],
         shuffle=True,
         callbacks=[DVCLiveCallback(live=live)],
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    seconds = time.perf_counter() - start
+    print(f"train: fit took {seconds:.1f} s, {train['epochs'] * len(x_train) / seconds:.0f} training images/s "
+          f"(validation included)")
     save_model(model, args.model)
     common.write_json(os.path.join(os.path.dirname(args.model), "classes.json"), class_names)
     print(f"train: saved {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB)")

@@ -12,9 +12,22 @@ from conftest import REPO, run_stage, write_params
 
 def test_repository_params_are_valid():
     params = common.load_params(os.path.join(REPO, "params.yaml"))
-    assert params["train"] == {"epochs": 10, "batch_size": 64, "learning_rate": 0.001, "threads": 2,
-                                 "distribute": "auto"}
+    notebook = {"epochs": 10, "batch_size": 64, "learning_rate": 0.001, "schedule": "constant"}
+    assert {key: params["train"][key] for key in notebook} == notebook
     assert params["data"]["val_split"] == 0.2
+    assert params["model"]["augment"] == {"rotation": 0, "shift": 0, "zoom": 0}
+    assert (params["model"]["batch_norm"], params["model"]["convs_per_block"]) == (False, 1)
+
+
+def test_presets_are_valid_params(tmp_path):
+    """Each presets/*.yaml names existing params with allowed values, and changes what it says."""
+    for name in os.listdir(os.path.join(REPO, "presets")):
+        with open(os.path.join(REPO, "presets", name)) as f:
+            preset = yaml.safe_load(f)
+        overrides = {key.replace(".", "__"): value for key, value in preset.items()}
+        write_params(tmp_path, **overrides)
+        params = common._flatten(common.load_params(tmp_path / "params.yaml"))
+        assert {key: params[key] for key in preset} == preset, name
 
 
 def test_schema_covers_exactly_the_keys_of_params_yaml():

@@ -30,10 +30,19 @@ def test_tail_split_is_what_keras_validation_split_does(workdir, raw):
     split_at = int(math.floor(200 * (1 - 0.2)))  # keras.src.trainers.data_adapters.train_validation_split
     assert (len(out["train"]["y"]), len(out["val"]["y"]), len(out["test"]["y"])) == (160, 40, 50)
     np.testing.assert_array_equal(out["val"]["y"], arrays["y_train"][split_at:])
-    np.testing.assert_array_equal(out["val"]["x"][..., 0], arrays["x_train"][split_at:] / np.float32(255))
+    np.testing.assert_array_equal(out["val"]["x"][..., 0], arrays["x_train"][split_at:])
     x = out["train"]["x"]
-    assert x.dtype == np.float32 and x.shape == (160, 28, 28, 1) and x.min() >= 0 and x.max() <= 1
+    assert x.dtype == np.uint8 and x.shape == (160, 28, 28, 1)  # compact: a quarter of float32's bytes
     assert out["test"]["class_names"].tolist() == NAMES.tolist()
+
+
+def test_stages_read_the_notebooks_scaling(workdir, raw):
+    """common.load_split gives what the notebook fed the network: reshape(-1, 28, 28, 1), float32 / 255."""
+    preprocess.main([str(raw), str(workdir / "out")])
+    x, y, class_names = common.load_split(workdir / "out" / "test.npz")
+    arrays = common.load_npz(raw)
+    np.testing.assert_array_equal(x, arrays["x_test"].reshape(-1, 28, 28, 1).astype("float32") / 255)
+    assert x.dtype == np.float32 and y.tolist() == arrays["y_test"].tolist() and class_names == NAMES.tolist()
 
 
 def test_limit_keeps_the_first_images(workdir, raw):

@@ -124,6 +124,25 @@ def test_experiment_run_and_show(clone):
     assert "train.epochs" in table and "accuracy" in table
 
 
+@pytest.mark.parametrize("preset", ["fast", "best"])
+def test_preset_runs_as_an_experiment(clone, preset):
+    """README, "Presets": dvc exp run -n NAME $(python tools/preset.py NAME) sets exactly the preset's params."""
+    sh(clone, "dvc", "pull")
+    options = sh(clone, sys.executable, os.path.join(REPO, "tools", "preset.py"), preset).stdout.split()
+    output = sh(clone, "dvc", "exp", "run", "-n", preset, *options).stdout
+    assert stages_run(output) == ["train", "evaluate", "plot"]
+    with open(os.path.join(REPO, "presets", f"{preset}.yaml")) as f:
+        wanted = yaml.safe_load(f)
+    shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
+    experiments = {exp["name"]: exp for commit in shown for exp in commit.get("experiments") or []}
+    params = experiments[preset]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    for key, value in wanted.items():
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+
+
 def test_queued_experiments_all_complete(clone):
     sh(clone, "dvc", "pull")
     for dpi in ("60", "70"):  # plot params: only the plot stage runs, so the queue itself is what is timed

@@ -32,11 +32,69 @@ def test_default_model_is_the_notebooks_network():
 @pytest.mark.parametrize("key, value", [
     ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
+    ("convs_per_block", 2), ("padding", "same"), ("batch_norm", True),
+    ("augment", {"rotation": 10, "shift": 0, "zoom": 0}), ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1}),
 ])
 def test_every_model_param_changes_the_network(key, value):
     default = train.build_model(DEFAULTS["model"], (28, 28, 1), 10).get_config()
     changed = train.build_model({**DEFAULTS["model"], key: value}, (28, 28, 1), 10).get_config()
     assert default != changed
+
+
+def test_options_beyond_the_notebook_build_the_network_they_name():
+    params = {**DEFAULTS["model"], "convs_per_block": 2, "padding": "same", "batch_norm": True,
+              "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
+    model = train.build_model(params, (28, 28, 1), 10)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names[:3] == ["RandomRotation", "RandomZoom", "RandomTranslation"]
+    conv = ["Conv2D", "BatchNormalization", "Activation"]
+    assert names[3:] == conv * 2 + ["MaxPooling2D"] + conv * 2 + ["MaxPooling2D", "Dropout", "Flatten", "Dense",
+                                                                    "BatchNormalization", "Activation", "Dropout",
+                                                                    "Dense"]
+    assert model.layers[4].output.shape[1:] == (28, 28, 32)  # same padding keeps 28 x 28
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    for layer in model.layers[:3]:  # augmentation: random in training, the identity at inference
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+        assert not np.array_equal(keras.ops.convert_to_numpy(layer(x, training=True)), x)
+
+
+def test_precision_sets_the_hidden_layers_dtype_and_keeps_softmax_float32():
+    model = train.build_model(DEFAULTS["model"], (28, 28, 1), 10, "mixed_bfloat16")
+    assert {layer.compute_dtype for layer in model.layers[:-1]} == {"bfloat16"}
+    assert {layer.variable_dtype for layer in model.layers} == {"float32"}  # weights stay float32
+    assert model.layers[-1].compute_dtype == "float32"
+    assert model(np.zeros((2, 28, 28, 1), np.float32)).dtype == "float32"
+
+
+@pytest.mark.parametrize("cpuinfo, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # AMD Zen 4, Cooper Lake
+    ("flags\t\t: fpu avx512f amx_bf16 amx_tile\n", True),  # Sapphire Rapids
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm: Graviton 3, Neoverse V1
+    ("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),  # Skylake-X: no bfloat16
+    ("Features\t: fp asimd\n", False),
+])
+def test_bfloat16_is_native_only_where_the_cpu_says_so(tmp_path, cpuinfo, native):
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert train.cpu_has_bf16(tmp_path / "cpuinfo") is native
+
+
+def test_auto_precision_follows_the_hardware(tmp_path):
+    assert train.cpu_has_bf16(tmp_path / "no such file") is False  # not Linux: float32
+    expected = "mixed_bfloat16" if train.cpu_has_bf16() else "float32"  # the tests run without a GPU
+    assert train.resolve_precision("auto") == expected
+    for choice in ("float32", "mixed_bfloat16", "mixed_float16"):
+        assert train.resolve_precision(choice) == choice
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    params = {**DEFAULTS["train"], "schedule": "cosine", "warmup": 0.1, "learning_rate": 0.004, "epochs": 2,
+              "batch_size": 100}
+    schedule = train.learning_rate(params, train_size=1000)  # 10 steps per epoch: 20 steps, 2 warming up
+    rates = [float(schedule(step)) for step in range(21)]
+    assert rates[0] == 0 and rates[1] == pytest.approx(0.002) and rates[2] == pytest.approx(0.004)
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and rates[20] == pytest.approx(0, abs=1e-9)
+    assert train.learning_rate({**params, "schedule": "constant"}, 1000) == 0.004
 
 
 def test_impossible_network_is_a_user_error(processed_dir, workdir):
@@ -74,9 +132,25 @@ def test_same_params_give_identical_weights_and_metrics(processed_dir, workdir):
     second = train_once(processed_dir, workdir)
     assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0]))
     assert first[1] == second[1]
-    for overrides in ({"seed": 7}, {"train__batch_size": 32}, {"train__learning_rate": 0.003}):
+    for overrides in ({"seed": 7}, {"train__batch_size": 32}, {"train__learning_rate": 0.003},
+                      {"train__schedule": "cosine"}, {"train__precision": "mixed_bfloat16"},
+                      {"train__precision": "float32"}):
+        if overrides.get("train__precision") == train.resolve_precision("auto"):
+            continue  # the default already is this precision here
         other = train_once(processed_dir, workdir, **overrides)
         assert not all(np.array_equal(a, b) for a, b in zip(first[0], other[0])), overrides
+
+
+def test_speed_knobs_do_not_change_the_results(processed_dir, workdir):
+    """steps_per_execution and val_batch_size change how fast, not what is learnt."""
+    first = train_once(processed_dir, workdir, train__batch_size=8)
+    other = train_once(processed_dir, workdir, train__batch_size=8, train__steps_per_execution=1,
+                       train__val_batch_size=7)
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], other[0]))
+    first_log, other_log = json.loads(first[1]), json.loads(other[1])
+    assert first_log["train"] == other_log["train"]
+    assert first_log["eval"]["accuracy"] == other_log["eval"]["accuracy"]
+    assert other_log["eval"]["loss"] == pytest.approx(first_log["eval"]["loss"], rel=1e-5)  # summed in another order
 
 
 def test_missing_training_data_is_one_line(workdir):
