@@ -14,11 +14,13 @@ In one run, alternating the commands and quoting medians (shared machines are no
    each stage's wall time within that repro, and its start-up (`python stages/<stage>.py --help`:
    Python, its imports, TensorFlow's for the stages that use it);
 3. a no-op `dvc repro`, and the predict command's throughput on the 10,000 test images as PNGs;
-4. the presets in presets/*.yaml: training time, validation and test accuracy.
+4. the default params once more with train.precision=float32 (what auto picks on a CPU without
+   bfloat16), and the presets in presets/*.yaml: training time, validation and test accuracy.
 
 Writes bench/results/speed.json and bench/results/speed.md (the table in the README).
 """
 import argparse
+import contextlib
 import functools
 import http.server
 import json
@@ -100,8 +102,11 @@ def new_project(root):
 
 def serve(folder):
     """An HTTP mirror of folder on 127.0.0.1 (a thread); returns its URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
-    handler.log_message = lambda *args: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=folder)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}"
@@ -140,8 +145,9 @@ def train_stage(project, out):
             "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"]}
 
 
-def with_params(project, overrides):
-    """Write overrides (dotted keys) into the project's params.yaml; return the original text."""
+@contextlib.contextmanager
+def params_set(project, overrides):
+    """The project's params.yaml with overrides (dotted keys) for the duration of the block."""
     path = os.path.join(project, "params.yaml")
     with open(path) as f:
         original = f.read()
@@ -154,7 +160,11 @@ def with_params(project, overrides):
         node[leaf] = value
     with open(path, "w") as f:
         yaml.safe_dump(params, f, sort_keys=False)
-    return original
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
 
 
 def predict_throughput(project, mnist, scratch):
@@ -182,6 +192,9 @@ def markdown(result):
         f"**{t['speedup']}x faster** |",
         f"| Training: images/s | {t['notebook_images_per_second']} | {t['pipeline_images_per_second']} | |",
         f"| Test accuracy | {t['notebook_test_accuracy']:.4f} | {t['pipeline_test_accuracy']:.4f} | |",
+        f"| Training with `train.precision: float32` (one run): seconds, test accuracy | | "
+        f"{t['float32_run']['train_seconds']}, {t['float32_run']['test_accuracy']:.4f} | "
+        f"{round(t['notebook_seconds'] / t['float32_run']['train_seconds'], 2)}x faster |",
         f"| Whole run from nothing: seconds (notebook script / `dvc repro`) | {w['notebook_seconds']} | "
         f"{w['repro_seconds']} | {w['ratio']}x the notebook |",
         f"| No-op `dvc repro`: seconds | | {result['noop_repro_seconds']} | |",
@@ -267,6 +280,11 @@ def main():
             "pipeline_test_accuracy": statistics.median(r["test_accuracy"] for r in pipe),
             "pipeline_precision": pipe[0]["precision"], "notebook_runs": nb, "pipeline_runs": pipe}
 
+        # the default params in float32, once: what a CPU without bfloat16 trains (auto picks float32 there)
+        with params_set(project, {"train.precision": "float32"}):
+            result["training"]["float32_run"] = train_stage(project, os.path.join(scratch, "float32"))
+        print(f"bench: default params in float32: {result['training']['float32_run']}", flush=True)
+
         # 4. presets
         result["presets"] = {}
         for path in sorted(os.listdir(os.path.join(REPO, "presets"))):
@@ -275,12 +293,8 @@ def main():
                 continue
             with open(os.path.join(REPO, "presets", path)) as f:
                 overrides = yaml.safe_load(f)
-            original = with_params(project, overrides)
-            try:
+            with params_set(project, overrides):
                 result["presets"][name] = train_stage(project, os.path.join(scratch, f"preset-{name}"))
-            finally:
-                with open(os.path.join(project, "params.yaml"), "w") as f:
-                    f.write(original)
             print(f"bench: preset {name}: {result['presets'][name]}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
