@@ -44,7 +44,7 @@ PROJECT_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".gitignore", ".dvcignor
                  "data/own/README.md", "stages")
 TRAIN_IMAGES = 48_000  # MNIST's 60,000 training images less the 20% held out for validation
 ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-       "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
+       "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}  # lines timed as printed
 
 
 def run(command, cwd, env=None):
