@@ -87,7 +87,7 @@ def resolve_precision(choice):
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def learning_rate(train, train_size, replicas=1):
+def learning_rate(train, train_size):
     """Adam's learning rate: constant, or cosine decay to 0 after a linear warm-up from 0 (one cycle)."""
     if train["schedule"] == "constant":
         return train["learning_rate"]
