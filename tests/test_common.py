@@ -1,6 +1,8 @@
 """The shared module: params validation, atomic and deterministic writing."""
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +30,16 @@ def test_presets_are_valid_params(tmp_path):
         write_params(tmp_path, **overrides)
         params = common._flatten(common.load_params(tmp_path / "params.yaml"))
         assert {key: params[key] for key in preset} == preset, name
+
+
+def test_preset_tool_prints_dvc_options_and_names_the_presets_it_knows():
+    preset = [sys.executable, os.path.join(REPO, "tools", "preset.py")]
+    options = subprocess.run(preset + ["fast"], capture_output=True, text=True, check=True).stdout.split()
+    assert options[:2] == ["-S", "train.epochs=2"] and options[::2] == ["-S"] * (len(options) // 2)
+    best = subprocess.run(preset + ["best"], capture_output=True, text=True, check=True).stdout
+    assert "-S model.conv_filters=[32,64,128]" in best  # no spaces: the shell keeps each value whole
+    unknown = subprocess.run(preset + ["fastest"], capture_output=True, text=True)
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "preset: no preset 'fastest'; known: best, fast"
 
 
 def test_schema_covers_exactly_the_keys_of_params_yaml():
