@@ -34,11 +34,15 @@ import sys
 import tempfile
 import threading
 import time
+from importlib.metadata import version
 
 import numpy as np
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import preset  # noqa: E402  (tools/preset.py: presets and dotted-key params)
+
 RESULTS = os.path.join(REPO, "bench", "results")
 PROJECT_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config",
                  "data/own/README.md", "stages")
@@ -69,10 +73,7 @@ def machine():
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     for line in re.findall(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE):
         flags.update(line.split())
-    versions = {}
-    for package in ("tensorflow", "keras", "numpy", "dvc", "dvclive"):
-        from importlib.metadata import version
-        versions[package] = version(package)
+    versions = {package: version(package) for package in ("tensorflow", "keras", "numpy", "dvc", "dvclive")}
     return {
         "cpu": model.group(1).strip() if model else platform.processor(),
         "cores": os.cpu_count(),
@@ -151,15 +152,8 @@ def params_set(project, overrides):
     path = os.path.join(project, "params.yaml")
     with open(path) as f:
         original = f.read()
-    params = yaml.safe_load(original)
-    for key, value in overrides.items():
-        *sections, leaf = key.split(".")
-        node = params
-        for section in sections:
-            node = node[section]
-        node[leaf] = value
     with open(path, "w") as f:
-        yaml.safe_dump(params, f, sort_keys=False)
+        yaml.safe_dump(preset.apply(yaml.safe_load(original), overrides), f, sort_keys=False)
     try:
         yield
     finally:
@@ -207,9 +201,9 @@ def markdown(result):
                         f"Train stage precision: {t['pipeline_precision']}.", ""]
     if result.get("presets"):
         lines += ["| Preset | Training seconds | Validation accuracy | Test accuracy |", "|---|---|---|---|"]
-        for name, preset in result["presets"].items():
-            lines.append(f"| `{name}` | {preset['train_seconds']} | {preset['val_accuracy']:.4f} | "
-                         f"{preset['test_accuracy']:.4f} |")
+        for name, run_ in result["presets"].items():
+            lines.append(f"| `{name}` | {run_['train_seconds']} | {run_['val_accuracy']:.4f} | "
+                         f"{run_['test_accuracy']:.4f} |")
         lines.append("")
     lines.append(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['memory_gib']} GiB; "
                  f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, DVC {m['dvc']}. "
@@ -291,9 +285,7 @@ def main():
             name = os.path.splitext(path)[0]
             if args.presets is not None and name not in args.presets:
                 continue
-            with open(os.path.join(REPO, "presets", path)) as f:
-                overrides = yaml.safe_load(f)
-            with params_set(project, overrides):
+            with params_set(project, preset.load(name)):
                 result["presets"][name] = train_stage(project, os.path.join(scratch, f"preset-{name}"))
             print(f"bench: preset {name}: {result['presets'][name]}", flush=True)
     finally:

@@ -42,24 +42,20 @@ def build_model(model_params, input_shape, num_classes, dtype="float32"):
     Keras dtype policy of the hidden layers (train.precision); the softmax layer stays float32, as
     Keras' mixed-precision guide advises, so probabilities and the loss are computed exactly.
     """
-    batch_norm, kernel, padding = model_params["batch_norm"], model_params["kernel_size"], model_params["padding"]
+    def relu_layer(layer, *args, **kwargs):  # Conv2D or Dense, then relu; with batch_norm: no bias, BN, relu
+        if not model_params["batch_norm"]:
+            return [layer(*args, activation="relu", dtype=dtype, **kwargs)]
+        return [layer(*args, use_bias=False, dtype=dtype, **kwargs), layers.BatchNormalization(dtype=dtype),
+                layers.Activation("relu", dtype=dtype)]
+
     stack = [keras.Input(shape=input_shape)] + augmentation(model_params["augment"])
     for filters in model_params["conv_filters"]:
         for _ in range(model_params["convs_per_block"]):
-            if batch_norm:
-                stack += [layers.Conv2D(filters, kernel, padding=padding, use_bias=False, dtype=dtype),
-                          layers.BatchNormalization(dtype=dtype), layers.Activation("relu", dtype=dtype)]
-            else:
-                stack.append(layers.Conv2D(filters, kernel, padding=padding, activation="relu", dtype=dtype))
+            stack += relu_layer(layers.Conv2D, filters, model_params["kernel_size"], padding=model_params["padding"])
         stack.append(layers.MaxPooling2D(model_params["pool_size"], dtype=dtype))
     stack += [layers.Dropout(model_params["conv_dropout"], dtype=dtype), layers.Flatten(dtype=dtype)]
     for units in model_params["dense_units"]:
-        if batch_norm:
-            stack += [layers.Dense(units, use_bias=False, dtype=dtype), layers.BatchNormalization(dtype=dtype),
-                      layers.Activation("relu", dtype=dtype)]
-        else:
-            stack.append(layers.Dense(units, activation="relu", dtype=dtype))
-        stack.append(layers.Dropout(model_params["dense_dropout"], dtype=dtype))
+        stack += relu_layer(layers.Dense, units) + [layers.Dropout(model_params["dense_dropout"], dtype=dtype)]
     stack.append(layers.Dense(num_classes, activation="softmax", dtype="float32"))
     return keras.Sequential(stack, name="cnn")
 

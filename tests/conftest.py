@@ -16,8 +16,10 @@ from PIL import Image, ImageDraw, ImageFont
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "stages"))
+sys.path.insert(0, os.path.join(REPO, "tools"))
 
 import common  # noqa: E402
+import preset  # noqa: E402
 
 # Tests that train in-process share one TensorFlow runtime, whose thread pools can be set only before
 # it starts: set them now to the default train.threads, which train.set_threads then leaves alone.
@@ -70,13 +72,7 @@ def image_folder(root, classes=("zero", "one", "two"), per_class=30, seed=0):
 def write_params(directory, **overrides):
     """Copy the repository's params.yaml into directory with dotted-key overrides (data__limit=...)."""
     with open(os.path.join(REPO, "params.yaml")) as f:
-        params = yaml.safe_load(f)
-    for key, value in overrides.items():
-        *sections, leaf = key.split("__")
-        node = params
-        for section in sections:
-            node = node[section]
-        node[leaf] = value
+        params = preset.apply(yaml.safe_load(f), {key.replace("__", "."): value for key, value in overrides.items()})
     with open(os.path.join(directory, "params.yaml"), "w") as f:
         yaml.safe_dump(params, f, sort_keys=False)
     return params

@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+import preset
 from conftest import GIT, REPO, STAGES, make_tiny_project, sh, stages_run
 
 CHECK = [sys.executable, os.path.join(REPO, "tools", "check_reproduction.py")]
@@ -39,12 +40,7 @@ def clone(baseline, tmp_path):
 def set_param(root, key, value):
     """Change one dotted param in a project's params.yaml, as a user editing it would."""
     path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    *sections, leaf = key.split(".")
-    node = params
-    for section in sections:
-        node = node[section]
-    node[leaf] = value
+    params = preset.apply(yaml.safe_load(path.read_text()), {key: value})
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -1,6 +1,7 @@
 """Print a preset's params as `dvc exp run` options: dvc exp run -n fast $(python tools/preset.py fast)
 
-A preset is presets/<name>.yaml: dotted params.yaml keys and their values, nothing else.
+A preset is presets/<name>.yaml: dotted params.yaml keys and their values, nothing else. load()
+and apply() are also what bench/speed.py and the tests use to set params.
 """
 import json
 import os
@@ -11,16 +12,31 @@ import yaml
 PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets")
 
 
-def options(name):
-    """The preset's -S options, one word each (no spaces in a value, so the shell's word splitting keeps them whole)."""
+def load(name):
+    """presets/<name>.yaml as {dotted key: value}; an unknown name stops with the known ones."""
     path = os.path.join(PRESETS, f"{name}.yaml")
     if not os.path.isfile(path):
         known = sorted(os.path.splitext(n)[0] for n in os.listdir(PRESETS) if n.endswith(".yaml"))
         raise SystemExit(f"preset: no preset {name!r}; known: {', '.join(known)}")
     with open(path) as f:
-        preset = yaml.safe_load(f)
+        return yaml.safe_load(f)
+
+
+def apply(params, overrides):
+    """Set each dotted key of overrides (train.epochs) in the nested params, as editing params.yaml would."""
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[leaf] = value
+    return params
+
+
+def options(name):
+    """The preset's -S options, one word each (no spaces in a value, so the shell's word splitting keeps them whole)."""
     return [f"-S {key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
-            for key, value in preset.items()]
+            for key, value in load(name).items()]
 
 
 if __name__ == "__main__":
