@@ -48,15 +48,57 @@ def test_options_beyond_the_notebook_build_the_network_they_name():
     model = train.build_model(params, (28, 28, 1), 10)
     names = [type(layer).__name__ for layer in model.layers]
     assert names[:3] == ["RandomRotation", "RandomZoom", "RandomTranslation"]
-    conv = ["Conv2D", "BatchNormalization", "Activation"]
+    conv = ["Conv2D", "FusedBatchNormalization", "Activation"]
     assert names[3:] == conv * 2 + ["MaxPooling2D"] + conv * 2 + ["MaxPooling2D", "Dropout", "Flatten", "Dense",
-                                                                    "BatchNormalization", "Activation", "Dropout",
-                                                                    "Dense"]
+                                                                    "FusedBatchNormalization", "Activation",
+                                                                    "Dropout", "Dense"]
     assert model.layers[4].output.shape[1:] == (28, 28, 32)  # same padding keeps 28 x 28
     x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
     for layer in model.layers[:3]:  # augmentation: random in training, the identity at inference
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
         assert not np.array_equal(keras.ops.convert_to_numpy(layer(x, training=True)), x)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_computes_what_keras_batch_norm_does(precision):
+    fused = train.FusedBatchNormalization(momentum=0.9, dtype=precision)
+    plain = keras.layers.BatchNormalization(momentum=0.9, dtype=precision)
+    rng = np.random.default_rng(0)
+    x, weights = rng.normal(2, 3, (2, 16, 7, 7, 8)).astype(np.float32)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        layer.set_weights([np.linspace(0.5, 2, 8), np.linspace(-1, 1, 8), np.zeros(8), np.ones(8)])
+    outputs = []
+    for layer in (fused, plain):
+        with train.tf.GradientTape() as tape:
+            inputs = train.tf.constant(x)
+            tape.watch(inputs)
+            y = layer(inputs, training=True)
+            loss = train.tf.reduce_sum(train.tf.cast(y, "float32") * weights)
+        outputs.append([keras.ops.convert_to_numpy(v).astype(np.float32)
+                        for v in [y, *tape.gradient(loss, [inputs, layer.gamma, layer.beta])]])
+    tolerance = 1e-4 if precision == "float32" else 0.05  # bfloat16 keeps 8 bits of mantissa
+    for a, b in zip(*outputs):  # outputs, then the gradients of the input, gamma and beta
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
+    for a, b in zip(fused.get_weights()[2:], plain.get_weights()[2:]):  # moving mean and variance
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_model_has_keras_own_layers_only_and_predicts_the_same(tmp_path):
+    params = {**DEFAULTS["model"], "batch_norm": True,
+              "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
+    model = train.build_model(params, (28, 28, 1), 10)
+    x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
+    model.compile("adam", "categorical_crossentropy")
+    model.fit(x, keras.utils.to_categorical(np.arange(64) % 10, 10), epochs=1, verbose=0)
+    train.save_model(train.inference_model(model), tmp_path / "m.keras")
+    loaded = common.load_model(tmp_path / "m.keras")  # safe mode, nothing from train.py registered
+    names = [type(layer).__name__ for layer in loaded.layers]
+    assert "BatchNormalization" in names and "FusedBatchNormalization" not in names
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers[3:]]  # no augmentation
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    without_batch_norm = train.build_model(DEFAULTS["model"], (28, 28, 1), 10)
+    assert train.inference_model(without_batch_norm) is without_batch_norm  # saved as before
 
 
 def test_precision_sets_the_hidden_layers_dtype_and_keeps_softmax_float32():
