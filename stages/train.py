@@ -40,8 +40,8 @@ AUGMENTATION = (layers.RandomRotation, layers.RandomZoom, layers.RandomTranslati
 
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' BatchNormalization, trained with TensorFlow's fused kernel on 4-D inputs (one oneDNN op
-    on a CPU, cuDNN on a GPU) where Keras computes a dozen elementwise ops: on this 2-core CPU, batch
-    normalisation cost the notebook's net +17 ms per step of 128 that way and +4 ms fused. The same
+    on a CPU, cuDNN on a GPU) where Keras computes a dozen elementwise ops: on a 2-core CPU, batch
+    normalisation cost the notebook's net +22 ms per step of 128 that way, +3 ms fused (bench/batch_norm.py). The same
     statistics, weights and moving averages; inference is Keras' own, and the saved model has plain
     BatchNormalization layers (inference_model), so loading it needs nothing from here."""
 

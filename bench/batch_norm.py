@@ -1,0 +1,79 @@
+"""What batch normalisation costs per training step: Keras' own layer against the train stage's fused one.
+
+    python bench/batch_norm.py [--rounds 4] [--precision auto]
+
+Trains three versions of the notebook's network on random 28x28 images, batch 128, in one process,
+alternating them round by round (shared machines are noisy) and quoting each one's median: no batch
+normalisation, `model.batch_norm: true` with Keras' BatchNormalization, and the same with the train
+stage's FusedBatchNormalization (TensorFlow's fused kernel). Writes bench/results/batch_norm.json
+(README, "Presets").
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "stages"))
+import common  # noqa: E402
+import train  # noqa: E402
+
+STEPS, BATCH = 32, 128
+
+
+def model_for(variant, model_params, precision):
+    """The network with no BN, Keras' BN or the fused BN (build_model uses the fused one; for "keras" the
+    module's name is pointed at Keras' layer while it builds)."""
+    params = {**model_params, "batch_norm": variant != "none"}
+    if variant == "keras":
+        fused, train.FusedBatchNormalization = train.FusedBatchNormalization, train.layers.BatchNormalization
+        try:
+            return train.build_model(params, (28, 28, 1), 10, precision)
+        finally:
+            train.FusedBatchNormalization = fused
+    return train.build_model(params, (28, 28, 1), 10, precision)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--precision", default="auto", help="as train.precision (default: auto)")
+    args = parser.parse_args()
+    params = common.load_params(os.path.join(REPO, "params.yaml"))
+    train.set_threads(params["train"]["threads"])
+    train.seed_everything(params["seed"])
+    precision = train.resolve_precision(args.precision)
+    rng = np.random.default_rng(0)
+    x = rng.random((STEPS * BATCH, 28, 28, 1), dtype=np.float32)
+    y = train.keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
+    models = {}
+    for variant in ("none", "keras", "fused"):
+        model = model_for(variant, copy.deepcopy(params["model"]), precision)
+        model.compile("adam", "categorical_crossentropy", steps_per_execution=16)
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)  # builds and traces: not timed
+        models[variant] = model
+    times = {variant: [] for variant in models}
+    for _ in range(args.rounds):
+        for variant, model in models.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+            times[variant].append(round((time.perf_counter() - start) / STEPS * 1000, 2))
+    ms = {variant: round(statistics.median(runs), 2) for variant, runs in times.items()}
+    result = {"precision": precision, "batch_size": BATCH, "rounds": args.rounds, "ms_per_step": ms,
+              "runs_ms_per_step": times, "keras_bn_extra_ms": round(ms["keras"] - ms["none"], 2),
+              "fused_bn_extra_ms": round(ms["fused"] - ms["none"], 2),
+              "keras_over_fused": round(ms["keras"] / ms["fused"], 2), "date": time.strftime("%Y-%m-%d")}
+    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
+    with open(os.path.join(REPO, "bench", "results", "batch_norm.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
