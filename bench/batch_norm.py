@@ -9,7 +9,6 @@ stage's FusedBatchNormalization (TensorFlow's fused kernel). Writes bench/result
 (README, "Presets").
 """
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -22,21 +21,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "stages"))
 import common  # noqa: E402
 import train  # noqa: E402
+import keras  # noqa: E402  (after train, which quiets TensorFlow)
 
 STEPS, BATCH = 32, 128
 
 
 def model_for(variant, model_params, precision):
-    """The network with no BN, Keras' BN or the fused BN (build_model uses the fused one; for "keras" the
-    module's name is pointed at Keras' layer while it builds)."""
-    params = {**model_params, "batch_norm": variant != "none"}
-    if variant == "keras":
-        fused, train.FusedBatchNormalization = train.FusedBatchNormalization, train.layers.BatchNormalization
-        try:
-            return train.build_model(params, (28, 28, 1), 10, precision)
-        finally:
-            train.FusedBatchNormalization = fused
-    return train.build_model(params, (28, 28, 1), 10, precision)
+    """The network with no BN, the train stage's fused BN, or Keras' own: inference_model's swap of the
+    fused layers for Keras' ones, cloned so that it trains weights of its own."""
+    model = train.build_model({**model_params, "batch_norm": variant != "none"}, (28, 28, 1), 10, precision)
+    return keras.models.clone_model(train.inference_model(model)) if variant == "keras" else model
 
 
 def main():
@@ -50,10 +44,10 @@ def main():
     precision = train.resolve_precision(args.precision)
     rng = np.random.default_rng(0)
     x = rng.random((STEPS * BATCH, 28, 28, 1), dtype=np.float32)
-    y = train.keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
+    y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
     models = {}
     for variant in ("none", "keras", "fused"):
-        model = model_for(variant, copy.deepcopy(params["model"]), precision)
+        model = model_for(variant, params["model"], precision)
         model.compile("adam", "categorical_crossentropy", steps_per_execution=16)
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)  # builds and traces: not timed
         models[variant] = model

@@ -41,9 +41,10 @@ AUGMENTATION = (layers.RandomRotation, layers.RandomZoom, layers.RandomTranslati
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' BatchNormalization, trained with TensorFlow's fused kernel on 4-D inputs (one oneDNN op
     on a CPU, cuDNN on a GPU) where Keras computes a dozen elementwise ops: on a 2-core CPU, batch
-    normalisation cost the notebook's net +22 ms per step of 128 that way, +3 ms fused (bench/batch_norm.py). The same
-    statistics, weights and moving averages; inference is Keras' own, and the saved model has plain
-    BatchNormalization layers (inference_model), so loading it needs nothing from here."""
+    normalisation cost the notebook's net +20 ms per step of 128 that way, +2 ms fused
+    (bench/batch_norm.py). The same statistics, weights and moving averages; inference is Keras' own,
+    and the saved model has plain BatchNormalization layers (inference_model), so loading it needs
+    nothing from here."""
 
     def call(self, inputs, training=None, mask=None):
         if not training or len(inputs.shape) != 4 or self.axis not in (-1, 3) or mask is not None:
