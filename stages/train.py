@@ -21,21 +21,57 @@ from dvclive.keras import DVCLiveCallback  # noqa: E402
 from keras import layers  # noqa: E402
 
 
+class RandomAffine(layers.Layer):
+    """Random rotation, zoom and shift of each training image, composed into one affine map and
+    resampled once (bilinear, black outside); the identity at inference, and left out of the saved
+    model (inference_model). Keras' RandomRotation, RandomZoom and RandomTranslation in a row would
+    interpolate three times, blurring the training images away from the crisp test images.
+
+    rotation: up to this many degrees either way; zoom: scale by 1 +- up to this fraction (same for
+    both axes); shift: up to this fraction of the height and width. Draws come from a seeded Keras
+    SeedGenerator, so a seeded run repeats them.
+    """
+
+    def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.shift, self.seed = rotation, zoom, shift, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        batch, height, width = tf.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
+
+        def uniform(limit):
+            return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)
+
+        angle = uniform(self.rotation * math.pi / 180)
+        scale = 1 + uniform(self.zoom)  # input pixels per output pixel: > 1 zooms out
+        dx, dy = uniform(self.shift * width), uniform(self.shift * height)
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        a0, a1 = scale * tf.cos(angle), -scale * tf.sin(angle)  # output (x, y) -> input point, about the centre
+        b0, b1 = -a1, a0
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy - dx, b0, b1, cy - b0 * cx - b1 * cy - dy,
+                               zeros, zeros], axis=1)
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=inputs, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="CONSTANT")
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
+                "seed": self.seed}
+
+
 def augmentation(augment):
-    """Random rotations, zooms and shifts of the training images; the identity at inference, and left out
-    of the saved model (inference_model). None by default."""
-    stack = []  # float32 whatever the precision: the image transforms have no bfloat16 kernels on CPU
-    if augment["rotation"]:
-        stack.append(layers.RandomRotation(augment["rotation"] / 360, fill_mode="constant", dtype="float32"))
-    if augment["zoom"]:
-        stack.append(layers.RandomZoom(augment["zoom"], fill_mode="constant", dtype="float32"))
-    if augment["shift"]:
-        stack.append(layers.RandomTranslation(augment["shift"], augment["shift"], fill_mode="constant",
-                                              dtype="float32"))
-    return stack
+    """RandomAffine in front of the net when any of model.augment is on; nothing by default. float32
+    whatever the precision: the image transform has no bfloat16 kernel on CPU."""
+    if not any(augment.values()):
+        return []
+    return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], dtype="float32")]
 
 
-AUGMENTATION = (layers.RandomRotation, layers.RandomZoom, layers.RandomTranslation)
+AUGMENTATION = (RandomAffine,)
 
 
 class FusedBatchNormalization(layers.BatchNormalization):

@@ -47,16 +47,67 @@ def test_options_beyond_the_notebook_build_the_network_they_name():
               "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
     model = train.build_model(params, (28, 28, 1), 10)
     names = [type(layer).__name__ for layer in model.layers]
-    assert names[:3] == ["RandomRotation", "RandomZoom", "RandomTranslation"]
+    assert names[0] == "RandomAffine"
     conv = ["Conv2D", "FusedBatchNormalization", "Activation"]
-    assert names[3:] == conv * 2 + ["MaxPooling2D"] + conv * 2 + ["MaxPooling2D", "Dropout", "Flatten", "Dense",
+    assert names[1:] == conv * 2 + ["MaxPooling2D"] + conv * 2 + ["MaxPooling2D", "Dropout", "Flatten", "Dense",
                                                                     "FusedBatchNormalization", "Activation",
                                                                     "Dropout", "Dense"]
-    assert model.layers[4].output.shape[1:] == (28, 28, 32)  # same padding keeps 28 x 28
+    assert model.layers[2].output.shape[1:] == (28, 28, 32)  # same padding keeps 28 x 28
     x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
-    for layer in model.layers[:3]:  # augmentation: random in training, the identity at inference
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
-        assert not np.array_equal(keras.ops.convert_to_numpy(layer(x, training=True)), x)
+    augment = model.layers[0]  # random in training, the identity at inference
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augment(x, training=False)), x)
+    assert not np.array_equal(keras.ops.convert_to_numpy(augment(x, training=True)), x)
+
+
+def centroids(images):
+    """(row, column) of each image's centre of brightness, from the image's centre."""
+    rows, cols = np.mgrid[:28, :28] - 13.5
+    mass = images[..., 0].sum(axis=(1, 2))
+    return np.stack([(images[..., 0] * rows).sum(axis=(1, 2)) / mass,
+                     (images[..., 0] * cols).sum(axis=(1, 2)) / mass], axis=1)
+
+
+@pytest.mark.parametrize("rotation, zoom, shift", [(10, 0, 0), (0, 0.1, 0), (0, 0, 0.1)])
+def test_random_affine_rotates_zooms_and_shifts_within_its_limits(rotation, zoom, shift):
+    x = np.zeros((256, 28, 28, 1), np.float32)
+    x[:, 13:15, 19:21] = 1  # a 2x2 dot 6 pixels right of the centre
+    keras.utils.set_random_seed(0)
+    y = keras.ops.convert_to_numpy(train.RandomAffine(rotation, zoom, shift)(x, training=True))
+    row, col = centroids(y).T
+    radius, angle = np.hypot(row, col), np.degrees(np.arctan2(row, col))
+    if rotation:  # on a circle around the centre, turned both ways up to 10 degrees
+        np.testing.assert_allclose(radius, 6, atol=0.05)
+        assert angle.min() < -8 and angle.max() > 8 and np.abs(angle).max() <= 10
+    if zoom:  # along its ray, closer and further, by up to 10%
+        np.testing.assert_allclose(angle, 0, atol=0.01)
+        assert radius.min() < 6 / 1.08 and radius.max() > 6 / 0.92
+        assert radius.min() >= 6 / 1.1 - 0.01 and radius.max() <= 6 / 0.9 + 0.01
+    if shift:  # moved by up to 10% of 28 pixels on each axis
+        assert np.abs(row).max() <= 2.8 + 0.01 and np.abs(col - 6).max() <= 2.8 + 0.01
+        assert row.min() < -2.4 and row.max() > 2.4 and (col - 6).min() < -2.4 and (col - 6).max() > 2.4
+    keras.utils.set_random_seed(0)
+    again = keras.ops.convert_to_numpy(train.RandomAffine(rotation, zoom, shift)(x, training=True))
+    np.testing.assert_array_equal(again, y)  # seeded: the same draws
+
+
+def test_random_affine_resamples_once_so_images_stay_sharper_than_keras_three_layers():
+    rng = np.random.default_rng(0)
+    x = np.zeros((256, 28, 28, 1), np.float32)
+    for image, (row, col) in zip(x, rng.integers(8, 20, (256, 2))):
+        image[row - 1:row + 1, 4:24] = 1  # a 2-pixel stroke
+        image[4:24, col - 1:col + 1] = 1
+    keras.utils.set_random_seed(0)
+    once = keras.ops.convert_to_numpy(train.RandomAffine(10, 0.1, 0.1)(x, training=True))
+    three = x
+    for layer in (keras.layers.RandomRotation(10 / 360, fill_mode="constant"),
+                  keras.layers.RandomZoom(0.1, fill_mode="constant"),
+                  keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant")):
+        three = keras.ops.convert_to_numpy(layer(three, training=True))
+
+    def peak(images):  # the mean of each image's 20 brightest pixels: 1 before any blur
+        return np.sort(images.reshape(len(images), -1), axis=1)[:, -20:].mean()
+
+    assert peak(once) > peak(three) + 0.03
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
@@ -95,7 +146,7 @@ def test_saved_model_has_keras_own_layers_only_and_predicts_the_same(tmp_path):
     loaded = common.load_model(tmp_path / "m.keras")  # safe mode, nothing from train.py registered
     names = [type(layer).__name__ for layer in loaded.layers]
     assert "BatchNormalization" in names and "FusedBatchNormalization" not in names
-    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers[3:]]  # no augmentation
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers[1:]]  # no augmentation
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     without_batch_norm = train.build_model(DEFAULTS["model"], (28, 28, 1), 10)
     assert train.inference_model(without_batch_norm) is without_batch_norm  # saved as before
