@@ -156,6 +156,7 @@ PARAMS_SCHEMA = {
     "train.learning_rate": _number(0, low_open=True),
     "train.schedule": _choice("constant", "cosine"),
     "train.warmup": _number(0, 1, high_open=True),
+    "train.label_smoothing": _number(0, 1, high_open=True),
     "train.precision": _choice("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.steps_per_execution": _number(1, integer=True),
     "train.val_batch_size": _number(1, integer=True),

@@ -273,7 +273,7 @@ def main(argv):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
             optimizer=optimizer,
-            loss="categorical_crossentropy",
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
             metrics=["accuracy"],
             steps_per_execution=steps_per_execution,
         )

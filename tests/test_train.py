@@ -226,7 +226,8 @@ def test_same_params_give_identical_weights_and_metrics(processed_dir, workdir):
     assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0]))
     assert first[1] == second[1]
     for overrides in ({"seed": 7}, {"train__batch_size": 32}, {"train__learning_rate": 0.003},
-                      {"train__schedule": "cosine"}, {"train__precision": "mixed_bfloat16"},
+                      {"train__schedule": "cosine"}, {"train__label_smoothing": 0.1},
+                      {"train__precision": "mixed_bfloat16"},
                       {"train__precision": "float32"}):
         if overrides.get("train__precision") == train.resolve_precision("auto"):
             continue  # the default already is this precision here
