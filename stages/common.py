@@ -439,11 +439,14 @@ def _interrupt(signum, frame):
 def run(main):
     """Run a stage's main(argv): user errors become one line on stderr and exit status 1.
 
-    Ctrl-C and `kill` (SIGTERM) stop the stage through the same clean-up path: temporary files are
-    removed and the outputs of the previous run are left as they were.
+    Ctrl-C (SIGINT) and `kill` (SIGTERM) stop the stage through the same clean-up path: temporary
+    files are removed and the outputs of the previous run are left as they were. SIGINT is handled
+    here too, not left to Python, which ignores it for good in a process started with SIGINT ignored
+    (as a script's background jobs are): there, Ctrl-C and `dvc repro`'s interruption did nothing.
     """
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live under dvc repro and in logs
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, _interrupt)
     try:
         main(sys.argv[1:])
     except UserError as e:

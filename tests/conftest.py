@@ -236,10 +236,10 @@ def mounted_tmpfs(path, *options):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def start_stage(script, *args, cwd):
+def start_stage(script, *args, cwd, **popen):
     """Start a stage script in the background, its output readable line by line."""
     return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "stages", script), *map(str, args)],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def wait_for_line(process, text, timeout=120):

@@ -263,19 +263,28 @@ def previous_model(workdir):
     return models
 
 
-def interrupt_training(processed_dir, workdir, signal_number):
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def interrupt_training(processed_dir, workdir, signal_number, started_ignoring_sigint=False):
     write_params(workdir, train__epochs=200, train__batch_size=8)
     process = start_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
-                          "models/model.keras", "log", cwd=workdir)
+                          "models/model.keras", "log", cwd=workdir,
+                          preexec_fn=ignore_sigint if started_ignoring_sigint else None)
     wait_for_line(process, "Epoch 2/")
     process.send_signal(signal_number)
     stdout, stderr = process.communicate(timeout=60)
     return process.returncode, stderr
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_training_leaves_the_previous_model(processed_dir, workdir, previous_model, signal_number):
-    returncode, stderr = interrupt_training(processed_dir, workdir, signal_number)
+@pytest.mark.parametrize("signal_number, started_ignoring_sigint", [
+    (signal.SIGINT, False), (signal.SIGTERM, False),
+    (signal.SIGINT, True),  # as a background job of a script starts: Python alone would ignore Ctrl-C
+])
+def test_interrupted_training_leaves_the_previous_model(processed_dir, workdir, previous_model, signal_number,
+                                                        started_ignoring_sigint):
+    returncode, stderr = interrupt_training(processed_dir, workdir, signal_number, started_ignoring_sigint)
     assert returncode == 130
     assert stderr.strip().splitlines()[-1].startswith("interrupted: outputs from before this run are left as they were")
     assert "Traceback" not in stderr
