@@ -71,9 +71,6 @@ def augmentation(augment):
     return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], dtype="float32")]
 
 
-AUGMENTATION = (RandomAffine,)
-
-
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' BatchNormalization, trained with TensorFlow's fused kernel on 4-D inputs (one oneDNN op
     on a CPU, cuDNN on a GPU) where Keras computes a dozen elementwise ops: on a 2-core CPU, batch
@@ -100,7 +97,7 @@ def inference_model(model):
     """What is saved: the trained network without its augmentation layers (the identity at inference),
     with Keras' own BatchNormalization for FusedBatchNormalization (same name and weights): a model
     that loads with Keras alone. The model itself where it has neither."""
-    if not any(isinstance(layer, AUGMENTATION + (FusedBatchNormalization,)) for layer in model.layers):
+    if not any(isinstance(layer, (RandomAffine, FusedBatchNormalization)) for layer in model.layers):
         return model
 
     def plain(layer):
@@ -111,7 +108,7 @@ def inference_model(model):
         copy.set_weights(layer.get_weights())
         return copy
 
-    kept = [plain(layer) for layer in model.layers if not isinstance(layer, AUGMENTATION)]
+    kept = [plain(layer) for layer in model.layers if not isinstance(layer, RandomAffine)]
     return keras.Sequential([keras.Input(shape=model.input_shape[1:])] + kept, name=model.name)
 
 
