@@ -151,6 +151,7 @@ PARAMS_SCHEMA = {
     "model.augment.rotation": _number(0, 180),
     "model.augment.shift": _number(0, 1, high_open=True),
     "model.augment.zoom": _number(0, 1, high_open=True),
+    "model.augment.off_last_epochs": _number(0, integer=True),
     "train.epochs": _number(1, integer=True),
     "train.batch_size": _number(1, integer=True),
     "train.learning_rate": _number(0, low_open=True),

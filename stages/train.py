@@ -29,13 +29,15 @@ class RandomAffine(layers.Layer):
 
     rotation: up to this many degrees either way; zoom: scale by 1 +- up to this fraction (same for
     both axes); shift: up to this fraction of the height and width. Draws come from a seeded Keras
-    SeedGenerator, so a seeded run repeats them.
+    SeedGenerator, so a seeded run repeats them. Every draw is scaled by `strength`: 1, or 0 to pass
+    the images through unchanged (AugmentationOff sets it for the last epochs).
     """
 
     def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.rotation, self.zoom, self.shift, self.seed = rotation, zoom, shift, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.strength = self.add_weight(shape=(), initializer="ones", trainable=False, name="strength")
 
     def call(self, inputs, training=None):
         if not training:
@@ -43,7 +45,7 @@ class RandomAffine(layers.Layer):
         batch, height, width = tf.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
 
         def uniform(limit):
-            return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)
+            return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator) * self.strength
 
         angle = uniform(self.rotation * math.pi / 180)
         scale = 1 + uniform(self.zoom)  # input pixels per output pixel: > 1 zooms out
@@ -63,10 +65,28 @@ class RandomAffine(layers.Layer):
                 "seed": self.seed}
 
 
+class AugmentationOff(keras.callbacks.Callback):
+    """model.augment.off_last_epochs: the model's RandomAffine passes the images through unchanged
+    from epoch `first` (0-based) on, so training ends on images like the ones it will be tested on."""
+
+    def __init__(self, first):
+        super().__init__()
+        self.first = first
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in self.model.layers:
+            if isinstance(layer, RandomAffine):
+                layer.strength.assign(0.0 if epoch >= self.first else 1.0)
+
+
+def augments(augment):
+    return any(augment[key] for key in ("rotation", "shift", "zoom"))
+
+
 def augmentation(augment):
-    """RandomAffine in front of the net when any of model.augment is on; nothing by default. float32
-    whatever the precision: the image transform has no bfloat16 kernel on CPU."""
-    if not any(augment.values()):
+    """RandomAffine in front of the net when any of model.augment's transforms is on; nothing by
+    default. float32 whatever the precision: the image transform has no bfloat16 kernel on CPU."""
+    if not augments(augment):
         return []
     return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], dtype="float32")]
 
@@ -245,7 +265,11 @@ def main(argv):
     parser.add_argument("log_dir", help="DVCLive folder for the per-epoch metrics")
     args = parser.parse_args(argv)
     params = common.load_params()
-    train = params["train"]
+    train, augment = params["train"], params["model"]["augment"]
+    off = augment["off_last_epochs"] if augments(augment) else 0
+    if off >= train["epochs"]:
+        raise common.UserError(f"model.augment.off_last_epochs = {off} leaves no augmented epoch of train.epochs = "
+                               f"{train['epochs']}; make it smaller than train.epochs")
 
     set_threads(train["threads"])
     seed_everything(params["seed"])
@@ -278,7 +302,10 @@ def main(argv):
           f"precision {precision}")
     model.summary(print_fn=lambda line, **_: print(line))
 
-    live = Live(args.log_dir, dvcyaml=False, save_dvc_exp=False)
+    callbacks = [DVCLiveCallback(live=Live(args.log_dir, dvcyaml=False, save_dvc_exp=False))]
+    if off:
+        callbacks.append(AugmentationOff(train["epochs"] - off))
+        print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
     start = time.perf_counter()
     model.fit(
         x_train,
@@ -288,7 +315,7 @@ def main(argv):
         validation_data=(x_val, y_val),
         validation_batch_size=train["val_batch_size"],
         shuffle=True,
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - start

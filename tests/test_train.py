@@ -59,6 +59,37 @@ def test_options_beyond_the_notebook_build_the_network_they_name():
     assert not np.array_equal(keras.ops.convert_to_numpy(augment(x, training=True)), x)
 
 
+def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on():
+    params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "off_last_epochs": 1}}
+    model = train.build_model(params, (28, 28, 1), 10)
+    callback = train.AugmentationOff(first=2)
+    callback.set_model(model)
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    for epoch, unchanged in ((0, False), (1, False), (2, True), (3, True)):
+        callback.on_epoch_begin(epoch)
+        y = keras.ops.convert_to_numpy(model.layers[0](x, training=True))
+        assert np.array_equal(y, x) is unchanged, epoch  # exactly the pixels: no resampling blur
+
+
+def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, workdir):
+    augment = {"model__augment__rotation": 10, "model__augment__shift": 0.1, "train__epochs": 2}
+    on, _ = train_once(processed_dir, workdir, **augment)
+    off, log = train_once(processed_dir, workdir, **augment, model__augment__off_last_epochs=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(on, off))  # the second epoch saw other images
+    assert json.loads(log)["step"] == 1  # both epochs ran
+
+
+def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir):
+    write_params(workdir, model__augment__zoom=0.1, model__augment__off_last_epochs=10)
+    result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+                       cwd=workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: model.augment.off_last_epochs = 10 leaves no augmented epoch of train.epochs = 10; "
+        "make it smaller than train.epochs"]
+    assert not (workdir / "m.keras").exists()
+
+
 def centroids(images):
     """(row, column) of each image's centre of brightness, from the image's centre."""
     rows, cols = np.mgrid[:28, :28] - 13.5
@@ -213,7 +244,7 @@ def test_training_learns_and_logs_every_epoch(trained_run):
 
 
 def train_once(processed_dir, directory, **overrides):
-    write_params(directory, train__epochs=1, **overrides)
+    write_params(directory, **{"train__epochs": 1, **overrides})
     train.main([str(processed_dir / "train.npz"), str(processed_dir / "val.npz"), str(directory / "m.keras"),
                 str(directory / "log")])
     weights = keras.saving.load_model(directory / "m.keras").get_weights()
