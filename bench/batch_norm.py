@@ -1,6 +1,6 @@
 """What batch normalisation costs per training step: Keras' own layer against the train stage's fused one.
 
-    python bench/batch_norm.py [--rounds 4] [--precision auto]
+    python -m bench.batch_norm [--rounds 4] [--precision auto]
 
 Trains three versions of the notebook's network on random 28x28 images, batch 128, in one process,
 alternating them round by round (shared machines are noisy) and quoting each one's median: no batch
@@ -12,16 +12,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "stages"))
-import common  # noqa: E402
-import train  # noqa: E402
-import keras  # noqa: E402  (after train, which quiets TensorFlow)
+from mnist_cnn import network  # first: imports TensorFlow without its log lines
+from mnist_cnn.params import load_params
+from stages import train
+from tools.project import REPO
+
+import keras  # noqa: E402,I100
 
 STEPS, BATCH = 32, 128
 
@@ -29,8 +29,8 @@ STEPS, BATCH = 32, 128
 def model_for(variant, model_params, precision):
     """The network with no BN, the train stage's fused BN, or Keras' own: inference_model's swap of the
     fused layers for Keras' ones, cloned so that it trains weights of its own."""
-    model = train.build_model({**model_params, "batch_norm": variant != "none"}, (28, 28, 1), 10, precision)
-    return keras.models.clone_model(train.inference_model(model)) if variant == "keras" else model
+    model = network.build_model({**model_params, "batch_norm": variant != "none"}, (28, 28, 1), 10, precision)
+    return keras.models.clone_model(network.inference_model(model)) if variant == "keras" else model
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--precision", default="auto", help="as train.precision (default: auto)")
     args = parser.parse_args()
-    params = common.load_params(os.path.join(REPO, "params.yaml"))
+    params = load_params(os.path.join(REPO, "params.yaml"))
     train.set_threads(params["train"]["threads"])
     train.seed_everything(params["seed"])
     precision = train.resolve_precision(args.precision)

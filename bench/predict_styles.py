@@ -1,6 +1,6 @@
-"""Accuracy and speed of stages/predict.py on the MNIST test set written out as image files.
+"""Accuracy and speed of the predict command (mnist_cnn/predict.py) on the MNIST test set written out as image files.
 
-    python bench/predict_styles.py     # needs data/raw/mnist.npz and models/model.keras (dvc repro)
+    python -m bench.predict_styles     # needs data/raw/mnist.npz and models/model.keras (dvc repro)
 
 Writes the 10,000 test images as PNG files in several styles, classifies each folder with the
 predict command (one process per style, as a user would run it), and writes
@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools.project import REPO
 
 
 def off_centre(image, rng):
@@ -49,9 +49,9 @@ def main():
             for i, image in enumerate(images):
                 Image.fromarray(draw(image, rng)).save(os.path.join(folder, f"{i:05d}.png"))
             result = subprocess.run(
-                [sys.executable, os.path.join(REPO, "stages", "predict.py"), "--json",
+                [sys.executable, "-m", "mnist_cnn.predict", "--json",
                  "--model", os.path.join(REPO, "models", "model.keras"), folder],
-                capture_output=True, text=True, check=True)
+                cwd=REPO, capture_output=True, text=True, check=True)
             predictions = json.loads(result.stdout)
             predicted = np.array([int(p["label"]) for p in predictions])
             rate = float(re.search(r"([\d.]+) images/s", result.stderr).group(1))

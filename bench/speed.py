@@ -1,6 +1,6 @@
 """How fast the pipeline is against the original notebook, on this machine (README, "Speed").
 
-    python bench/speed.py [--mnist ../shared/datasets/mnist.npz] [--rounds 5] [--repro-rounds 2]
+    python -m bench.speed [--mnist ../shared/datasets/mnist.npz] [--rounds 5] [--repro-rounds 2]
 
 Needs a local MNIST copy in Keras' layout (mnist.npz); nothing is downloaded from the internet.
 In one run, alternating the commands and quoting medians (shared machines are noisy), it times:
@@ -11,7 +11,7 @@ In one run, alternating the commands and quoting medians (shared machines are no
    the ratio of the medians, and the median of each round's ratio; both models' test accuracy;
 2. the whole `dvc repro` in an empty workspace (a copy of the project's files, no data, no cache;
    MNIST served by a mirror on 127.0.0.1) against the notebook script's wall time, figures included;
-   each stage's wall time within that repro, and its start-up (`python stages/<stage>.py --help`:
+   each stage's wall time within that repro, and its start-up (`python -m stages.<stage> --help`:
    Python, its imports, TensorFlow's for the stages that use it);
 3. a no-op `dvc repro`, and the predict command's throughput on the 10,000 test images as PNGs;
 4. the default params once more with train.precision=float32 (what auto picks on a CPU without
@@ -22,31 +22,26 @@ Writes bench/results/speed.json and bench/results/speed.md (the table in the REA
 """
 import argparse
 import contextlib
-import functools
-import http.server
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from importlib.metadata import version
 
 import numpy as np
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import preset  # noqa: E402  (tools/preset.py: presets and dotted-key params)
+from mnist_cnn.machine import describe
+from mnist_cnn.params import set_dotted
+from tools import preset
+from tools.project import PROJECT_FILES, REPO, commit_all, copy_project, serve_folder
 
 RESULTS = os.path.join(REPO, "bench", "results")
-PROJECT_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config",
-                 "data/own/README.md", "stages")
 TRAIN_IMAGES = 48_000  # MNIST's 60,000 training images less the 20% held out for validation
 ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
        "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1"}  # lines timed as printed
@@ -68,50 +63,15 @@ def text(lines):
 
 
 def machine():
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
-    for line in re.findall(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE):
-        flags.update(line.split())
     versions = {package: version(package) for package in ("tensorflow", "keras", "numpy", "dvc", "dvclive")}
-    return {
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "cores": os.cpu_count(),
-        "cpu_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
-                                     "amx_tile", "avx512_fp16"}),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-        "python": platform.python_version(),
-        **versions,
-    }
+    return {**describe(), **versions}
 
 
 def new_project(root):
-    """The project's files as a user clones them, in a new git repository: no data, models or cache."""
-    os.makedirs(root)
-    for name in PROJECT_FILES:
-        source, target = os.path.join(REPO, name), os.path.join(root, name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.isdir(source):
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, target)
-    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench"]):
-        subprocess.run(command, cwd=root, check=True)
+    """The project's files as a user clones them, with the committed dvc.lock, in a new git repository."""
+    copy_project(root, PROJECT_FILES + ("dvc.lock",))
+    commit_all(root, "bench")
     return root
-
-
-def serve(folder):
-    """An HTTP mirror of folder on 127.0.0.1 (a thread); returns its URL."""
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=folder)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def notebook(mnist, figures=None):
@@ -133,9 +93,9 @@ def repro(project, mirror):
 def train_stage(project, out):
     """The train stage's command on the project's processed data, then evaluate: fit seconds, accuracies."""
     processed = os.path.join(project, "data", "processed")
-    wall, lines = run([sys.executable, "stages/train.py", f"{processed}/train.npz", f"{processed}/val.npz",
+    wall, lines = run([sys.executable, "-m", "stages.train", f"{processed}/train.npz", f"{processed}/val.npz",
                        f"{out}/model.keras", f"{out}/live"], project)
-    run([sys.executable, "stages/evaluate.py", f"{out}/model.keras", f"{processed}/test.npz",
+    run([sys.executable, "-m", "stages.evaluate", f"{out}/model.keras", f"{processed}/test.npz",
          f"{out}/evaluate.json", f"{out}/predictions.csv"], project)
     with open(f"{out}/evaluate.json") as f:
         test = json.load(f)
@@ -154,7 +114,7 @@ def params_set(project, overrides):
     with open(path) as f:
         original = f.read()
     with open(path, "w") as f:
-        yaml.safe_dump(preset.apply(yaml.safe_load(original), overrides), f, sort_keys=False)
+        yaml.safe_dump(set_dotted(yaml.safe_load(original), overrides), f, sort_keys=False)
     try:
         yield
     finally:
@@ -169,7 +129,7 @@ def predict_throughput(project, mnist, scratch):
     with np.load(mnist) as data:
         for i, image in enumerate(data["x_test"]):
             Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.png"))
-    wall, lines = run([sys.executable, "stages/predict.py", "--json", folder], project)
+    wall, lines = run([sys.executable, "-m", "mnist_cnn.predict", "--json", folder], project)
     rate = re.search(r"predict: (\d+) images classified.* (\d+) images/s", text(lines))
     return {"images": int(rate.group(1)), "images_per_second": int(rate.group(2)), "command_seconds": round(wall, 2)}
 
@@ -195,7 +155,7 @@ def markdown(result):
         f"| Whole run from nothing: seconds (notebook script / `dvc repro`) | {w['notebook_seconds']} | "
         f"{w['repro_seconds']} | {w['ratio']}x the notebook |",
         f"| No-op `dvc repro`: seconds | | {result['noop_repro_seconds']} | |",
-        f"| `stages/predict.py` on 10,000 PNG files: images/s | | "
+        f"| `python -m mnist_cnn.predict` on 10,000 PNG files: images/s | | "
         f"{result['predict']['images_per_second']} | |",
     ]
     stages = ", ".join(f"{name} {seconds} s (start-up {result['startup_seconds'][name]} s)"
@@ -229,7 +189,7 @@ def main():
     mnist = os.path.abspath(args.mnist)
     if not os.path.isfile(mnist):
         sys.exit(f"bench: {mnist} not found: pass --mnist with a copy of mnist.npz (Keras' layout)")
-    mirror = serve(os.path.dirname(mnist))
+    mirror = contextlib.ExitStack().enter_context(serve_folder(os.path.dirname(mnist))).url  # for the whole run
     scratch = tempfile.mkdtemp(prefix="bench-speed-")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rounds": args.rounds,
               "repro_rounds": args.repro_rounds}
@@ -253,7 +213,7 @@ def main():
                                     "notebook_runs": scripts, "repro_runs": repros, "stages": stage_times}
 
         result["startup_seconds"] = {
-            stage: median([run([sys.executable, f"stages/{stage}.py", "--help"], project)[0] for _ in range(3)])
+            stage: median([run([sys.executable, "-m", f"stages.{stage}", "--help"], project)[0] for _ in range(3)])
             for stage in stage_times}
 
         # 3. a no-op repro (everything up to date) and predict

@@ -1,7 +1,7 @@
 """How far do the test metrics move when what should not matter changes? Measures the tolerance
 that tools/check_reproduction.py allows.
 
-    python bench/tolerance.py            # needs data/processed from `dvc repro`; ~2 min per variant on 2 cores
+    python -m bench.tolerance            # needs data/processed from `dvc repro`; ~2 min per variant on 2 cores
 
 Trains and evaluates the default configuration under each variant (the committed settings again,
 another thread count, oneDNN off, other seeds), each in a fresh process, and writes
@@ -9,7 +9,6 @@ bench/results/tolerance.json and a markdown table.
 """
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -18,55 +17,44 @@ import time
 
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from mnist_cnn.machine import describe
+from mnist_cnn.params import set_dotted
+from tools.project import REPO
+
 PROCESSED = os.path.join(REPO, "data", "processed")
 VARIANTS = [  # name, params changes, environment changes
     ("committed settings, again", {}, {}),
-    ("train.threads=1", {("train", "threads"): 1}, {}),
+    ("train.threads=1", {"train.threads": 1}, {}),
     ("TF_ENABLE_ONEDNN_OPTS=0", {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    ("seed=1", {("seed",): 1}, {}),
-    ("seed=2", {("seed",): 2}, {}),
-    ("seed=3", {("seed",): 3}, {}),
+    ("seed=1", {"seed": 1}, {}),
+    ("seed=2", {"seed": 2}, {}),
+    ("seed=3", {"seed": 3}, {}),
 ]
 
 
 def machine():
-    """CPU model and vector extensions, core count and library versions: what the figures hold for."""
-    cpu, flags = platform.processor(), []
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx")))
-                break
+    """The CPU, cores and library versions: what the figures hold for."""
     versions = subprocess.run([sys.executable, "-c", "import tensorflow as tf, keras, numpy; "
                                "print(tf.__version__, keras.__version__, numpy.__version__)"],
                               capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     tf_version, keras_version, numpy_version = versions.stdout.split()
-    return {"cpu": cpu, "vector_extensions": flags, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf_version, "keras": keras_version, "numpy": numpy_version}
+    return {**describe(), "tensorflow": tf_version, "keras": keras_version, "numpy": numpy_version}
 
 
 def run_variant(changes, env):
     """Train and evaluate in a scratch folder; return test accuracy, loss and wall seconds."""
     with open(os.path.join(REPO, "params.yaml")) as f:
-        params = yaml.safe_load(f)
-    for path, value in changes.items():
-        node = params
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
+        params = set_dotted(yaml.safe_load(f), changes)
     with tempfile.TemporaryDirectory() as scratch:
         with open(os.path.join(scratch, "params.yaml"), "w") as f:
             yaml.safe_dump(params, f)
         start = time.perf_counter()
-        for script, *args in (
-            ("train.py", f"{PROCESSED}/train.npz", f"{PROCESSED}/val.npz", "model.keras", "log"),
-            ("evaluate.py", "model.keras", f"{PROCESSED}/test.npz", "evaluate.json", "predictions.csv"),
+        for stage, *args in (
+            ("stages.train", f"{PROCESSED}/train.npz", f"{PROCESSED}/val.npz", "model.keras", "log"),
+            ("stages.evaluate", "model.keras", f"{PROCESSED}/test.npz", "evaluate.json", "predictions.csv"),
         ):
-            subprocess.run([sys.executable, os.path.join(REPO, "stages", script), *args], cwd=scratch,
-                           env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, "-m", stage, *args], cwd=scratch,
+                           env={**os.environ, "PYTHONPATH": REPO, **env}, check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(scratch, "evaluate.json")) as f:
             metrics = json.load(f)
     return {"accuracy": metrics["accuracy"], "loss": metrics["loss"], "seconds": round(time.perf_counter() - start)}

@@ -21,12 +21,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
-import common
+from mnist_cnn.datasets import ARRAY_NAMES, DATASETS, IDX_FILES, array_digest
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import read_arrays, write_npz
+from mnist_cnn.images import BadImage, read_image, to_model_image
+from mnist_cnn.params import CUSTOM_NPZ, FOLDER, load_params
+from mnist_cnn.runner import run
 
 TIMEOUT_S = 30  # per socket operation: a stalled server fails after this long
 RETRIES = 3
@@ -118,28 +122,28 @@ def read_idx(paths):
         try:
             with gzip.open(path, "rb") as f:
                 arrays[name] = parse_idx(f.read(), os.path.basename(path))
-        except (OSError, EOFError, zipfile.BadZipFile) as e:  # gzip.BadGzipFile is an OSError
+        except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
             raise SourceError(f"{os.path.basename(path)} is not a valid .gz file ({e})")
     return arrays
 
 
-def read_npz(path, names=common.ARRAY_NAMES, optional=()):
+def read_npz(path, names=ARRAY_NAMES, optional=()):
     """The named arrays of an .npz file, plus those of `optional` that it holds."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [n for n in names if n not in data.files]
-            if missing:
-                raise SourceError(f"{os.path.basename(path)} lacks the arrays {', '.join(missing)}")
-            return {name: data[name] for name in (*names, *optional) if name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        arrays = read_arrays(path, (*names, *optional))
+    except ValueError as e:
         raise SourceError(f"{os.path.basename(path)} is not a valid .npz file ({e})")
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise SourceError(f"{os.path.basename(path)} lacks the arrays {', '.join(missing)}")
+    return arrays
 
 
 def verify(arrays, spec):
     """Accept the arrays only if each is uint8 with the pinned digest."""
-    for name in common.ARRAY_NAMES:
+    for name in ARRAY_NAMES:
         array = arrays[name]
-        if array.dtype != np.uint8 or common.array_digest(array) != spec.digests[name]:
+        if array.dtype != np.uint8 or array_digest(array) != spec.digests[name]:
             raise SourceError(f"{name} {array.dtype}{tuple(array.shape)} does not match the pinned "
                               f"{spec.name} digest")
     return arrays
@@ -150,7 +154,7 @@ def load_candidate(kind, location, workdir, **fetch_options):
     if kind == "npz":
         files = {"npz": location}
     else:
-        files = {name: join(location, file) for name, file in common.IDX_FILES.items()}
+        files = {name: join(location, file) for name, file in IDX_FILES.items()}
     if is_url(location):
         for key, url in files.items():
             local = os.path.join(workdir, f"{key}.download")
@@ -168,7 +172,7 @@ def download(spec, roots, **fetch_options):
     with tempfile.TemporaryDirectory(prefix="download-") as workdir:
         for kind, location in candidates(spec, roots):
             if not is_url(location):
-                needed = [location] if kind == "npz" else [join(location, f) for f in common.IDX_FILES.values()]
+                needed = [location] if kind == "npz" else [join(location, f) for f in IDX_FILES.values()]
                 if not all(os.path.isfile(p) for p in needed):
                     continue  # local folders are searched quietly: only real files are candidates
             try:
@@ -180,22 +184,21 @@ def download(spec, roots, **fetch_options):
             print(f"download: {spec.name} verified from {location}")
             return arrays
     searched = ", ".join(roots) or "none"
-    raise common.UserError(
+    raise UserError(
         f"no valid source for {spec.name}; searched folders and mirrors: {searched}; failed: "
         f"{'; '.join(tried) or 'no candidate files found'}. Fix: put {spec.npz_name or 'the four IDX .gz files'} "
         f"in a folder and set DATASET_MIRRORS=/that/folder, or check your network connection")
 
 
-
 def load_custom(path):
     """The user's own Keras-layout .npz (data.path): copied as it is; preprocess checks its content."""
     if not os.path.isfile(path):
-        raise common.UserError(f"data.path = {path!r} is not a file: point it at your .npz "
+        raise UserError(f"data.path = {path!r} is not a file: point it at your .npz "
                                f"with x_train, y_train, x_test, y_test")
     try:
         arrays = read_npz(path, optional=("class_names",))  # one read of the file, names included
     except SourceError as e:
-        raise common.UserError(f"data.path: {e}; it needs the arrays x_train, y_train, x_test, y_test")
+        raise UserError(f"data.path: {e}; it needs the arrays x_train, y_train, x_test, y_test")
     if "class_names" in arrays:
         arrays["class_names"] = arrays["class_names"].astype(str)
     return arrays
@@ -212,28 +215,28 @@ def read_class_folders(root, class_names, folder_params):
         for file in files:
             path = os.path.join(folder, file)
             try:
-                pixels = common.to_model_image(common.read_image(path, colour), folder_params["image_size"], colour)
-            except common.BadImage as e:
+                pixels = to_model_image(read_image(path, colour), folder_params["image_size"], colour)
+            except BadImage as e:
                 if folder_params["bad_images"] == "stop":
-                    raise common.UserError(f"{path}: {e}; fix or remove it, or set data.folder.bad_images: skip")
+                    raise UserError(f"{path}: {e}; fix or remove it, or set data.folder.bad_images: skip")
                 print(f"download: skipped {path}: {e}", file=sys.stderr)
                 continue
             images.append(np.round(pixels * 255).astype(np.uint8))
             labels.append(label)
             kept += 1
         if kept == 0:
-            raise common.UserError(f"class folder {folder} has no usable images: add some, or remove the folder")
+            raise UserError(f"class folder {folder} has no usable images: add some, or remove the folder")
     return np.stack(images), np.array(labels, np.int64)
 
 
 def load_folder(path, folder_params, seed):
     """A dataset from data.path/<class>/*: the test set from data.path/test/<class>/* or a stratified split."""
     if not os.path.isdir(path):
-        raise common.UserError(f"data.path = {path!r} is not a folder: make one subfolder of images per class")
+        raise UserError(f"data.path = {path!r} is not a folder: make one subfolder of images per class")
     class_names = sorted(e.name for e in os.scandir(path) if e.is_dir() and e.name != "test"
                          and not e.name.startswith("."))
     if len(class_names) < 2:
-        raise common.UserError(f"{path} has {len(class_names)} class folder(s) {class_names}; a classifier needs "
+        raise UserError(f"{path} has {len(class_names)} class folder(s) {class_names}; a classifier needs "
                                f"two or more: put each class's images in a subfolder named after it")
     x, y = read_class_folders(path, class_names, folder_params)
     if os.path.isdir(os.path.join(path, "test")):
@@ -245,7 +248,7 @@ def load_folder(path, folder_params, seed):
             train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=folder_params["test_split"],
                                                    random_state=seed, stratify=y)
         except ValueError as e:
-            raise common.UserError(f"{path}: too few images for data.folder.test_split = "
+            raise UserError(f"{path}: too few images for data.folder.test_split = "
                                    f"{folder_params['test_split']} in every class ({e}); add images or a test/ folder")
         train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
         x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
@@ -257,23 +260,23 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="where to write the verified arrays (.npz)")
     args = parser.parse_args(argv)
-    all_params = common.load_params()
+    all_params = load_params()
     params = all_params["data"]
 
-    if params["dataset"] == common.FOLDER:
+    if params["dataset"] == FOLDER:
         arrays = load_folder(params["path"], params["folder"], all_params["seed"])
-    elif params["dataset"] == common.CUSTOM_NPZ:
+    elif params["dataset"] == CUSTOM_NPZ:
         arrays = load_custom(params["path"])
         labels = np.concatenate([arrays["y_train"].ravel(), arrays["y_test"].ravel()])
         if "class_names" not in arrays and labels.size and np.issubdtype(labels.dtype, np.integer):
             arrays["class_names"] = np.array([str(c) for c in range(int(labels.max()) + 1)])
     else:
-        spec = common.DATASETS[params["dataset"]]
+        spec = DATASETS[params["dataset"]]
         roots = parse_mirrors(os.environ.get("DATASET_MIRRORS")) + [keras_cache_dir(), *spec.local_dirs]
         arrays = download(spec, roots)
         arrays["class_names"] = np.array(spec.class_names)
-    common.write_npz(args.output, arrays)
+    write_npz(args.output, arrays)
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

@@ -7,12 +7,18 @@ confusion-matrix template).
 import argparse
 import csv
 
-import common
+from mnist_cnn.runner import quiet_tensorflow, run
 
-tf = common.quiet_tensorflow()
+quiet_tensorflow()  # before keras, so TensorFlow starts without its log lines
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
+
+from mnist_cnn.errors import UserError  # noqa: E402
+from mnist_cnn.files import atomic_path, write_json  # noqa: E402
+from mnist_cnn.model_files import load_model  # noqa: E402
+from mnist_cnn.params import load_params  # noqa: E402
+from mnist_cnn.prepare import one_hot, read_split  # noqa: E402
 
 
 def class_report(y_true, y_pred, class_names):
@@ -28,7 +34,7 @@ def class_report(y_true, y_pred, class_names):
 
 
 def write_predictions(path, y_true, y_pred, class_names):
-    with common.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["actual", "predicted"])
@@ -42,20 +48,19 @@ def main(argv):
     parser.add_argument("metrics", help="where to write the metrics (.json)")
     parser.add_argument("predictions", help="where to write actual/predicted labels (.csv)")
     args = parser.parse_args(argv)
-    params = common.load_params()
+    params = load_params()
 
-    model = common.load_model(args.model)
-    x_test, y_test, class_names = common.load_split(args.test)
+    model = load_model(args.model)
+    x_test, y_test, class_names = read_split(args.test)
     if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x_test.shape[1:]:
-        raise common.UserError(f"{args.model} does not fit {args.test} (model {model.input_shape} -> "
+        raise UserError(f"{args.model} does not fit {args.test} (model {model.input_shape} -> "
                                f"{model.output_shape}, data {x_test.shape[1:]} with {len(class_names)} classes): "
                                f"run `dvc repro` to retrain")
 
     batch_size = params["evaluate"]["batch_size"]
     probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
     y_pred = probabilities.argmax(axis=1)
-    loss = keras.losses.categorical_crossentropy(
-        keras.utils.to_categorical(y_test, len(class_names)), probabilities)
+    loss = keras.losses.categorical_crossentropy(one_hot(y_test, len(class_names)), probabilities)
     macro, per_class = class_report(y_test, y_pred, class_names)
     metrics = {
         "accuracy": float(np.mean(y_pred == y_test)),
@@ -63,11 +68,11 @@ def main(argv):
         "macro": macro,
         "per_class": per_class,
     }
-    common.write_json(args.metrics, metrics)
+    write_json(args.metrics, metrics)
     write_predictions(args.predictions, y_test, y_pred, class_names)
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
           f"on {len(y_test)} images")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

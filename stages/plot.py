@@ -16,14 +16,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-import common  # noqa: E402
+from mnist_cnn.errors import UserError  # noqa: E402
+from mnist_cnn.files import atomic_path, load_npz  # noqa: E402
+from mnist_cnn.params import load_params  # noqa: E402
+from mnist_cnn.runner import run  # noqa: E402
 
 # PNG metadata without a version string, so the bytes do not change with matplotlib's patch level
 PNG_METADATA = {"Software": None}
 
 
 def save(fig, path, dpi):
-    with common.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", metadata=PNG_METADATA)
     plt.close(fig)
 
@@ -47,7 +50,7 @@ def read_history(log_dir, split, metric):
     """(steps, values) from DVCLive's per-epoch TSV file."""
     path = os.path.join(log_dir, "plots", "metrics", split, f"{metric}.tsv")
     if not os.path.exists(path):
-        raise common.UserError(f"{path} not found: run `dvc repro train` to log the training history")
+        raise UserError(f"{path} not found: run `dvc repro train` to log the training history")
     with open(path) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [int(r["step"]) + 1 for r in rows], [float(r[metric]) for r in rows]
@@ -71,7 +74,7 @@ def training_curves(history):
 
 def read_predictions(path):
     if not os.path.exists(path):
-        raise common.UserError(f"{path} not found: run `dvc repro evaluate`")
+        raise UserError(f"{path} not found: run `dvc repro evaluate`")
     with open(path) as f:
         rows = list(csv.DictReader(f))
     return [r["actual"] for r in rows], [r["predicted"] for r in rows]
@@ -95,18 +98,18 @@ def main(argv):
     parser.add_argument("predictions", help="the evaluate stage's predictions (.csv)")
     parser.add_argument("output_dir", help="folder for the PNG files")
     args = parser.parse_args(argv)
-    params = common.load_params()["plot"]
+    params = load_params()["plot"]
     dpi = params["dpi"]
 
     # Read every input before writing anything, so a missing one leaves no partial set of figures.
-    raw = common.load_npz(args.raw, "dvc repro download")
+    raw = load_npz(args.raw, "dvc repro download")
     class_names = [str(c) for c in raw["class_names"]]
     history = {(split, metric): read_history(args.log_dir, split, metric)
                for split in ("train", "eval") for metric in ("accuracy", "loss")}
     actual, predicted = read_predictions(args.predictions)
-    test_images = common.load_npz(args.test, "dvc repro preprocess")["x"]
+    test_images = load_npz(args.test, "dvc repro preprocess")["x"]
     if len(test_images) != len(actual):
-        raise common.UserError(f"{args.predictions} has {len(actual)} rows for {len(test_images)} test images: "
+        raise UserError(f"{args.predictions} has {len(actual)} rows for {len(test_images)} test images: "
                                f"run `dvc repro` to bring them in step")
 
     count = params["samples"]
@@ -124,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

@@ -1,8 +1,9 @@
 """Stage preprocess: check the raw arrays, hold out a validation split, give the images a channel axis.
 
-Writes train.npz, val.npz and test.npz (x: uint8 (N, H, W, C), C = 1 for grayscale and 3 for
-RGB, scaled to [0, 1] as the stages read them; y: integer labels; class_names) into the output folder. The validation split comes from the
-training set only; the test set is kept apart for the evaluate stage.
+Writes train.npz, val.npz and test.npz into the output folder: x, uint8 (N, H, W, C) with C = 1 for
+grayscale and 3 for RGB (mnist_cnn/prepare.py scales it when train and evaluate read it); y, integer
+labels; class_names. The validation split comes from the training set only; the test set is kept
+apart for the evaluate stage.
 """
 import argparse
 import math
@@ -11,36 +12,40 @@ import os
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-import common
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import load_npz, write_npz
+from mnist_cnn.params import load_params
+from mnist_cnn.prepare import with_channel_axis
+from mnist_cnn.runner import run
 
 
 def check_raw(arrays, source):
     """Stop with one line if the raw arrays are not N x H x W (x 3) uint8 images with labels 0..K-1."""
-    for name in common.ARRAY_NAMES + ("class_names",):
+    for name in ("x_train", "y_train", "x_test", "y_test", "class_names"):  # the layout of keras.datasets
         if name not in arrays:
-            raise common.UserError(f"{source} lacks the array '{name}': run `dvc repro download` again")
+            raise UserError(f"{source} lacks the array '{name}': run `dvc repro download` again")
     num_classes = len(arrays["class_names"])
     image_shape = arrays["x_train"].shape[1:]
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim not in (3, 4) or x.shape[0] == 0 or min(x.shape[1:3]) < 8 or (x.ndim == 4 and x.shape[3] != 3):
-            raise common.UserError(f"{source}: x_{split} has shape {x.shape}; expected (N, H, W) grayscale or "
+            raise UserError(f"{source}: x_{split} has shape {x.shape}; expected (N, H, W) grayscale or "
                                    f"(N, H, W, 3) RGB images, e.g. (N, 28, 28)")
         if x.shape[1:] != image_shape:
-            raise common.UserError(f"{source}: x_{split} images are {x.shape[1:]} but x_train's are {image_shape}")
+            raise UserError(f"{source}: x_{split} images are {x.shape[1:]} but x_train's are {image_shape}")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
-            raise common.UserError(f"{source}: x_{split} holds NaN or infinite values (first in image {bad}); "
+            raise UserError(f"{source}: x_{split} holds NaN or infinite values (first in image {bad}); "
                                    f"expected uint8 pixels 0-255")
         if x.dtype != np.uint8:
-            raise common.UserError(f"{source}: x_{split} has dtype {x.dtype}; expected uint8 pixels 0-255")
+            raise UserError(f"{source}: x_{split} has dtype {x.dtype}; expected uint8 pixels 0-255")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise common.UserError(f"{source}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
+            raise UserError(f"{source}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
                                    f"expected a 1-D array of integer labels")
         if len(y) != len(x):
-            raise common.UserError(f"{source}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
+            raise UserError(f"{source}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
         if y.min() < 0 or y.max() >= num_classes:
-            raise common.UserError(f"{source}: y_{split} holds labels {y.min()}..{y.max()}; "
+            raise UserError(f"{source}: y_{split} holds labels {y.min()}..{y.max()}; "
                                    f"expected 0..{num_classes - 1} (one per class name)")
 
 
@@ -53,20 +58,10 @@ def split_train_val(x, y, val_split, method, seed):
     try:
         train_idx, val_idx = train_test_split(index, test_size=val_split, random_state=seed, stratify=y)
     except ValueError as e:
-        raise common.UserError(f"data.split = stratified is impossible here ({e}); "
+        raise UserError(f"data.split = stratified is impossible here ({e}); "
                                f"use more data or data.split: tail")
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
-
-
-def with_channels(images):
-    """uint8 (N, H, W) or (N, H, W, 3) -> uint8 (N, H, W, C): for MNIST, the notebook's (-1, 28, 28, 1).
-
-    The pixels stay uint8, a quarter of float32's bytes; common.load_split scales them to [0, 1] as
-    the notebook does (float32 / 255) when a stage reads them.
-    """
-    channels = 1 if images.ndim == 3 else 3
-    return images.reshape(-1, *images.shape[1:3], channels)
 
 
 def main(argv):
@@ -74,10 +69,10 @@ def main(argv):
     parser.add_argument("raw", help="the download stage's .npz")
     parser.add_argument("output_dir", help="folder for train.npz, val.npz and test.npz")
     args = parser.parse_args(argv)
-    params = common.load_params()
+    params = load_params()
     data = params["data"]
 
-    raw = common.load_npz(args.raw, "dvc repro download")
+    raw = load_npz(args.raw, "dvc repro download")
     check_raw(raw, args.raw)
     x_train, y_train = raw["x_train"], raw["y_train"]
     if data["limit"] is not None:
@@ -85,15 +80,15 @@ def main(argv):
     (x_fit, y_fit), (x_val, y_val) = split_train_val(x_train, y_train, data["val_split"], data["split"],
                                                      params["seed"])
     if len(x_fit) == 0 or len(x_val) == 0:
-        raise common.UserError(f"data.limit = {data['limit']} with data.val_split = {data['val_split']} "
+        raise UserError(f"data.limit = {data['limit']} with data.val_split = {data['val_split']} "
                                f"leaves an empty split; raise data.limit")
 
     class_names = raw["class_names"]
     for name, x, y in (("train", x_fit, y_fit), ("val", x_val, y_val), ("test", raw["x_test"], raw["y_test"])):
-        common.write_npz(os.path.join(args.output_dir, f"{name}.npz"),
-                         {"x": with_channels(x), "y": y.astype(np.int64), "class_names": class_names})
+        write_npz(os.path.join(args.output_dir, f"{name}.npz"),
+                         {"x": with_channel_axis(x), "y": y.astype(np.int64), "class_names": class_names})
         print(f"preprocess: {name}: {len(x)} images")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

@@ -1,8 +1,6 @@
 """Fixtures shared by the tests: tiny generated datasets, params files, a loopback HTTP server."""
 import contextlib
-import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,17 +11,16 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "stages"))
-sys.path.insert(0, os.path.join(REPO, "tools"))
+from mnist_cnn.files import write_npz
+from mnist_cnn.params import set_dotted
+from mnist_cnn.runner import quiet_tensorflow
+from tools.project import GIT, REPO, QuietHandler, commit_all, copy_project, serve_folder  # noqa: F401
 
-import common  # noqa: E402
-import preset  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Tests that train in-process share one TensorFlow runtime, whose thread pools can be set only before
 # it starts: set them now to the default train.threads, which train.set_threads then leaves alone.
-_tf = common.quiet_tensorflow()
+_tf = quiet_tensorflow()
 _tf.config.threading.set_intra_op_parallelism_threads(2)
 _tf.config.threading.set_inter_op_parallelism_threads(2)
 
@@ -72,7 +69,7 @@ def image_folder(root, classes=("zero", "one", "two"), per_class=30, seed=0):
 def write_params(directory, **overrides):
     """Copy the repository's params.yaml into directory with dotted-key overrides (data__limit=...)."""
     with open(os.path.join(REPO, "params.yaml")) as f:
-        params = preset.apply(yaml.safe_load(f), {key.replace("__", "."): value for key, value in overrides.items()})
+        params = set_dotted(yaml.safe_load(f), {key.replace("__", "."): value for key, value in overrides.items()})
     with open(os.path.join(directory, "params.yaml"), "w") as f:
         yaml.safe_dump(params, f, sort_keys=False)
     return params
@@ -89,11 +86,11 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def processed_dir(tmp_path_factory):
     """train/val/test .npz of the tiny generated dataset, written by the real preprocess stage."""
-    import preprocess
+    from stages import preprocess
 
     directory = tmp_path_factory.mktemp("processed")
     raw = directory / "raw.npz"
-    common.write_npz(raw, {**tiny_arrays(), "class_names": np.array([str(d) for d in range(10)])})
+    write_npz(raw, {**tiny_arrays(), "class_names": np.array([str(d) for d in range(10)])})
     cwd = os.getcwd()
     os.chdir(directory)
     try:
@@ -104,11 +101,6 @@ def processed_dir(tmp_path_factory):
     return directory
 
 
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
 @pytest.fixture
 def http_server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1; special paths misbehave: /stall/* never answers in time,
@@ -117,13 +109,7 @@ def http_server(tmp_path):
     root.mkdir()
     stop = threading.Event()
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self):
             if self.path.startswith("/stall/"):
                 stop.wait(10)  # longer than the client's timeout in the tests
@@ -137,25 +123,23 @@ def http_server(tmp_path):
                 return
             super().do_GET()
 
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.root = root
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    stop.set()
-    server.shutdown()
-    server.server_close()
+    with serve_folder(root, Handler) as server:
+        server.root = root
+        yield server
+        stop.set()  # before shutdown, which waits for the stalled handler
 
 
-def run_stage(script, *args, cwd, env=None):
-    """Run a stage script as dvc would, in a subprocess; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, os.path.join(REPO, "stages", script), *map(str, args)],
-                          cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+# The repository's code, for commands run in a test's own folder (a project copy brings its own)
+CODE_ENV = {"PYTHONPATH": REPO}
+
+
+def run_stage(module, *args, cwd, env=None):
+    """Run a stage (stages.train) or command (mnist_cnn.predict) as dvc would, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)],
+                          cwd=cwd, env={**os.environ, **CODE_ENV, **(env or {})}, capture_output=True, text=True,
                           timeout=600)
 
 
-GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 # The tiny configuration of the end-to-end tests: generated digits, one short epoch.
 TINY_PARAMS = {"data__dataset": "npz", "data__path": "tiny.npz", "train__epochs": 1, "train__batch_size": 16}
 
@@ -180,26 +164,17 @@ def stages_run(output):
 
 def make_tiny_project(root):
     """The files a user clones (no data, no results) plus a generated dataset, committed in a new git repo."""
-    os.makedirs(root, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(os.path.join(REPO, name), root)
-    shutil.copytree(os.path.join(REPO, "stages"), os.path.join(root, "stages"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    os.makedirs(os.path.join(root, ".dvc"))
-    shutil.copy(os.path.join(REPO, ".dvc", "config"), os.path.join(root, ".dvc", "config"))
+    copy_project(root)
     np.savez(os.path.join(root, "tiny.npz"), **tiny_arrays(n_train=300, n_test=100))
     write_params(root, **TINY_PARAMS)
-    sh(root, *GIT, "init", "-q", "-b", "main")
-    sh(root, *GIT, "add", "-A")
-    sh(root, *GIT, "commit", "-qm", "tiny project")
+    commit_all(root, "tiny project")
     return root
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, processed_dir):
     """A model trained for 4 epochs on the tiny data, and its evaluation: the paths of every output."""
-    import evaluate
-    import train
+    from stages import evaluate, train
 
     directory = tmp_path_factory.mktemp("run")
     paths = {
@@ -236,10 +211,11 @@ def mounted_tmpfs(path, *options):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def start_stage(script, *args, cwd, **popen):
-    """Start a stage script in the background, its output readable line by line."""
-    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "stages", script), *map(str, args)],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def start_stage(module, *args, cwd, **popen):
+    """Start a stage in the background, its output readable line by line."""
+    return subprocess.Popen([sys.executable, "-u", "-m", module, *map(str, args)],
+                            cwd=cwd, env={**os.environ, **CODE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
 
 
 def wait_for_line(process, text, timeout=120):

@@ -8,18 +8,17 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, run_stage, write_params
+from conftest import CODE_ENV, run_stage, write_params
+from stages import train
 
 # Runs the train stage with the CPU split into two logical devices, as two GPUs would be.
-TWO_DEVICES = textwrap.dedent(f"""
-    import sys
-    sys.path.insert(0, {os.path.join(REPO, "stages")!r})
-    import common
-    tf = common.quiet_tensorflow()
+TWO_DEVICES = textwrap.dedent("""
+    from mnist_cnn.runner import quiet_tensorflow, run
+    tf = quiet_tensorflow()
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import train
-    common.run(train.main)
+    from stages import train
+    run(train.main)
 """)
 
 
@@ -28,11 +27,11 @@ def train_and_evaluate(workdir, processed_dir, script=None):
     args = [processed_dir / "train.npz", processed_dir / "val.npz", "models/model.keras", "log"]
     if script:
         result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=workdir,
-                                capture_output=True, text=True, timeout=600)
+                                env={**os.environ, **CODE_ENV}, capture_output=True, text=True, timeout=600)
     else:
-        result = run_stage("train.py", *args, cwd=workdir)
+        result = run_stage("stages.train", *args, cwd=workdir)
     assert result.returncode == 0, result.stderr
-    evaluated = run_stage("evaluate.py", "models/model.keras", processed_dir / "test.npz", "evaluate.json",
+    evaluated = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test.npz", "evaluate.json",
                           "predictions.csv", cwd=workdir)
     assert evaluated.returncode == 0, evaluated.stderr
     return result.stdout, json.loads((workdir / "evaluate.json").read_text())
@@ -49,9 +48,28 @@ def test_distribute_mirrored_over_two_devices_reaches_single_device_accuracy(pro
     assert mirrored["accuracy"] > 0.5
 
 
+class Device:
+    def __init__(self, name):
+        self.name = name
+
+
+@pytest.mark.parametrize("choice, gpus, expected", [
+    ("auto", 0, "default"), ("auto", 1, "default"),  # one device: no strategy needed
+    ("auto", 2, ["/GPU:0", "/GPU:1"]), ("auto", 4, ["/GPU:0", "/GPU:1", "/GPU:2", "/GPU:3"]),
+    ("mirrored", 0, ["/CPU:0"]), ("mirrored", 2, ["/GPU:0", "/GPU:1"]), ("none", 2, "default"),
+])
+def test_distribute_picks_devices_by_what_the_machine_has(monkeypatch, choice, gpus, expected):
+    """Every branch of train.distribution_strategy, with the GPUs TensorFlow reports faked."""
+    devices = {"GPU": [Device(f"/GPU:{i}") for i in range(gpus)], "CPU": [Device("/CPU:0")]}
+    monkeypatch.setattr(train.tf.config, "list_logical_devices", lambda kind: devices[kind])
+    monkeypatch.setattr(train.tf.distribute, "MirroredStrategy", lambda names: names)
+    strategy = train.distribution_strategy(choice)
+    assert strategy == expected if expected != "default" else strategy is train.tf.distribute.get_strategy()
+
+
 def test_distribute_auto_uses_one_device_without_several_gpus(processed_dir, workdir):
     write_params(workdir, train__epochs=1, train__distribute="auto")
-    result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert "train: 1 replica(s), global batch 64" in result.stdout
@@ -59,7 +77,7 @@ def test_distribute_auto_uses_one_device_without_several_gpus(processed_dir, wor
 
 def test_distribute_multi_worker_is_refused_in_one_line(processed_dir, workdir):
     write_params(workdir, train__distribute="multi_worker")
-    result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

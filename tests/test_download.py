@@ -10,9 +10,11 @@ import struct
 import numpy as np
 import pytest
 
-import common
-import download
 from conftest import REAL_MNIST, image_folder, needs_real_mnist, run_stage, tiny_arrays, write_params
+from mnist_cnn.datasets import DATASETS, IDX_FILES, array_digest
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import load_npz, write_npz
+from stages import download
 
 FAST = {"timeout": 1, "retries": 2, "backoff": 0.01}
 
@@ -25,13 +27,13 @@ def arrays():
 @pytest.fixture(scope="module")
 def spec(arrays):
     """The MNIST registry entry with the tiny arrays' digests and no official URLs (tests stay offline)."""
-    return dataclasses.replace(common.DATASETS["mnist"], urls=(),
-                               digests={name: common.array_digest(a) for name, a in arrays.items()})
+    return dataclasses.replace(DATASETS["mnist"], urls=(),
+                               digests={name: array_digest(a) for name, a in arrays.items()})
 
 
 def write_idx_files(directory, arrays):
     os.makedirs(directory, exist_ok=True)
-    for name, file in common.IDX_FILES.items():
+    for name, file in IDX_FILES.items():
         array = arrays[name]
         header = struct.pack(f">BBBB{array.ndim}I", 0, 0, 8, array.ndim, *array.shape)
         with gzip.open(os.path.join(directory, file), "wb", compresslevel=1) as f:
@@ -60,7 +62,7 @@ def test_npz_and_idx_sources_give_byte_identical_output(tmp_path, arrays, spec):
     for root in ("a", "b"):
         got = download.download(spec, [str(tmp_path / root)])
         out = tmp_path / f"{root}.npz"
-        common.write_npz(out, got)
+        write_npz(out, got)
         outputs.append(md5(out))
     assert outputs[0] == outputs[1]
     for name, array in arrays.items():
@@ -80,7 +82,7 @@ def test_corrupt_and_truncated_local_files_are_skipped(tmp_path, arrays, spec, c
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "mnist.npz").write_bytes(b"PK\x03\x04 garbage")
     write_idx_files(tmp_path / "truncated", arrays)
-    path = tmp_path / "truncated" / common.IDX_FILES["x_train"]
+    path = tmp_path / "truncated" / IDX_FILES["x_train"]
     path.write_bytes(path.read_bytes()[:-20])
     write_idx_files(tmp_path / "good", arrays)
     download.download(spec, [str(tmp_path / "corrupt"), str(tmp_path / "truncated"), str(tmp_path / "good")])
@@ -127,7 +129,7 @@ def test_refused_connection_then_all_sources_fail(tmp_path, spec):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(common.UserError) as error:
+    with pytest.raises(UserError) as error:
         download.download(spec, [f"http://127.0.0.1:{port}", str(tmp_path)], **FAST)
     message = str(error.value)
     assert "cannot connect" in message and "Connection refused" in message
@@ -138,7 +140,7 @@ def test_stage_failure_is_one_line_and_keeps_previous_output(tmp_path, arrays):
     write_params(tmp_path, data__dataset="npz", data__path="missing.npz")
     out = tmp_path / "raw.npz"
     out.write_bytes(b"previous good output")
-    result = run_stage("download.py", out, cwd=tmp_path)
+    result = run_stage("stages.download", out, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: data.path = 'missing.npz' is not a file: point it at your .npz with x_train, y_train, x_test, y_test"]
@@ -148,9 +150,9 @@ def test_stage_failure_is_one_line_and_keeps_previous_output(tmp_path, arrays):
 def test_stage_with_custom_npz_adds_class_names(tmp_path, arrays):
     np.savez(tmp_path / "mine.npz", **arrays)
     write_params(tmp_path, data__dataset="npz", data__path="mine.npz")
-    result = run_stage("download.py", "data/raw/npz.npz", cwd=tmp_path)
+    result = run_stage("stages.download", "data/raw/npz.npz", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    raw = common.load_npz(tmp_path / "data" / "raw" / "npz.npz")
+    raw = load_npz(tmp_path / "data" / "raw" / "npz.npz")
     assert raw["class_names"].tolist() == [str(d) for d in range(10)]
     np.testing.assert_array_equal(raw["x_train"], arrays["x_train"])
 
@@ -159,16 +161,16 @@ def test_stage_with_custom_npz_adds_class_names(tmp_path, arrays):
 def test_real_mnist_from_local_mirror(tmp_path):
     write_params(tmp_path)
     mirror = os.path.dirname(os.path.abspath(REAL_MNIST))
-    result = run_stage("download.py", "mnist.npz", cwd=tmp_path,
+    result = run_stage("stages.download", "mnist.npz", cwd=tmp_path,
                        env={"DATASET_MIRRORS": mirror, "KERAS_HOME": str(tmp_path / "nokeras")})
     assert result.returncode == 0, result.stderr
     assert "mnist verified from" in result.stdout
-    raw = common.load_npz(tmp_path / "mnist.npz")
+    raw = load_npz(tmp_path / "mnist.npz")
     assert np.bincount(raw["y_train"]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(raw["y_test"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # The same arrays as IDX files give the very same bytes, so dvc.lock matches on every machine.
     write_idx_files(tmp_path / "idx", raw)
-    result = run_stage("download.py", "from_idx.npz", cwd=tmp_path,
+    result = run_stage("stages.download", "from_idx.npz", cwd=tmp_path,
                        env={"DATASET_MIRRORS": str(tmp_path / "idx"), "KERAS_HOME": str(tmp_path / "nokeras")})
     assert result.returncode == 0, result.stderr
     assert md5(tmp_path / "mnist.npz") == md5(tmp_path / "from_idx.npz")
@@ -179,10 +181,10 @@ def test_real_mnist_from_local_mirror(tmp_path):
 def test_fashion_mnist_found_in_debians_copy(tmp_path):
     write_params(tmp_path, data__dataset="fashion_mnist")
     env = {"KERAS_HOME": str(tmp_path / "nokeras"), "DATASET_MIRRORS": ""}
-    result = run_stage("download.py", "fashion_mnist.npz", cwd=tmp_path, env=env)
+    result = run_stage("stages.download", "fashion_mnist.npz", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "fashion_mnist verified from /usr/share/datasets/fashion-mnist" in result.stdout
-    raw = common.load_npz(tmp_path / "fashion_mnist.npz")
+    raw = load_npz(tmp_path / "fashion_mnist.npz")
     assert np.bincount(raw["y_train"]).tolist() == [6000] * 10
     assert np.bincount(raw["y_test"]).tolist() == [1000] * 10
     assert raw["class_names"].tolist()[:2] == ["T-shirt/top", "Trouser"]
@@ -190,14 +192,14 @@ def test_fashion_mnist_found_in_debians_copy(tmp_path):
 
 def run_folder(tmp_path, folder, **params):
     write_params(tmp_path, data__dataset="folder", data__path=str(folder), **params)
-    return run_stage("download.py", "raw.npz", cwd=tmp_path)
+    return run_stage("stages.download", "raw.npz", cwd=tmp_path)
 
 
 def test_image_folder_becomes_a_dataset_with_class_names(tmp_path):
     folder = image_folder(tmp_path / "mine")
     result = run_folder(tmp_path, folder)
     assert result.returncode == 0, result.stderr
-    raw = common.load_npz(tmp_path / "raw.npz")
+    raw = load_npz(tmp_path / "raw.npz")
     assert raw["class_names"].tolist() == ["one", "two", "zero"]  # sorted folder names
     assert raw["x_train"].shape == (72, 28, 28) and raw["x_test"].shape == (18, 28, 28)
     assert raw["x_train"].dtype == np.uint8
@@ -211,7 +213,7 @@ def test_image_folder_with_test_subfolder_rgb_and_another_size(tmp_path):
     image_folder(folder / "test", classes=("a", "b"), per_class=4, seed=9)
     result = run_folder(tmp_path, folder, data__folder__image_size=32, data__folder__color_mode="rgb")
     assert result.returncode == 0, result.stderr
-    raw = common.load_npz(tmp_path / "raw.npz")
+    raw = load_npz(tmp_path / "raw.npz")
     assert raw["x_train"].shape == (20, 32, 32, 3) and raw["x_test"].shape == (8, 32, 32, 3)
     assert raw["class_names"].tolist() == ["a", "b"]
 
@@ -247,5 +249,5 @@ def test_unreadable_file_stops_or_is_skipped_as_the_param_says(tmp_path):
     skipped = run_folder(tmp_path, folder, data__folder__bad_images="skip")
     assert skipped.returncode == 0, skipped.stderr
     assert f"download: skipped {folder}/two/broken.png: not an image file" in skipped.stderr
-    raw = common.load_npz(tmp_path / "raw.npz")
+    raw = load_npz(tmp_path / "raw.npz")
     assert len(raw["y_train"]) + len(raw["y_test"]) == 20

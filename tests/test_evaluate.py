@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-import common
 from conftest import run_stage
+from mnist_cnn.files import load_npz, write_npz
 
 
 def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
@@ -22,14 +22,14 @@ def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
 def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
     with open(trained_run["predictions"]) as f:
         rows = list(csv.DictReader(f))
-    labels = common.load_npz(trained_run["processed"] / "test.npz")["y"]
+    labels = load_npz(trained_run["processed"] / "test.npz")["y"]
     assert [r["actual"] for r in rows] == [str(y) for y in labels]
     accuracy = np.mean([r["actual"] == r["predicted"] for r in rows])
     assert accuracy == json.loads(trained_run["metrics"].read_text())["accuracy"]
 
 
 def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
-    result = run_stage("evaluate.py", "models/model.keras", processed_dir / "test.npz", "m.json", "p.csv",
+    result = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test.npz", "m.json", "p.csv",
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -39,16 +39,16 @@ def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
 
 def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
     (workdir / "model.keras").write_bytes(b"not a model")
-    result = run_stage("evaluate.py", "model.keras", processed_dir / "test.npz", "m.json", "p.csv", cwd=workdir)
+    result = run_stage("stages.evaluate", "model.keras", processed_dir / "test.npz", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.keras is not a Keras model"), lines
 
 
 def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir):
-    test = common.load_npz(trained_run["processed"] / "test.npz")
-    common.write_npz(workdir / "test.npz", {**test, "class_names": np.array(["a", "b", "c"])})
-    result = run_stage("evaluate.py", trained_run["model"], "test.npz", "m.json", "p.csv", cwd=workdir)
+    test = load_npz(trained_run["processed"] / "test.npz")
+    write_npz(workdir / "test.npz", {**test, "class_names": np.array(["a", "b", "c"])})
+    result = run_stage("stages.evaluate", trained_run["model"], "test.npz", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not fit test.npz" in lines[0] and "run `dvc repro`" in lines[0], lines

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
-import plot
 from conftest import run_stage, tiny_arrays, write_params
+from mnist_cnn.files import write_npz
+from stages import plot
 
 FIGURES = ("samples.png", "training_curves.png", "confusion_matrix.png", "misclassified.png")
 
@@ -15,7 +15,7 @@ FIGURES = ("samples.png", "training_curves.png", "confusion_matrix.png", "miscla
 @pytest.fixture
 def plot_args(trained_run, workdir):
     raw = workdir / "raw.npz"
-    common.write_npz(raw, {**tiny_arrays(n_train=300, n_test=100), "class_names": np.array(list("0123456789"))})
+    write_npz(raw, {**tiny_arrays(n_train=300, n_test=100), "class_names": np.array(list("0123456789"))})
     return [str(raw), str(trained_run["processed"] / "test.npz"), str(trained_run["log_dir"]),
             str(trained_run["predictions"])]
 
@@ -50,7 +50,7 @@ def test_plot_params_change_the_figures(plot_args, workdir):
 
 def test_missing_training_log_is_one_line(plot_args, workdir):
     plot_args[2] = str(workdir / "no-log")
-    result = run_stage("plot.py", *plot_args, "out", cwd=workdir)
+    result = run_stage("stages.plot", *plot_args, "out", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not found: run `dvc repro train`" in lines[0]

@@ -7,41 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
-import predict
-from conftest import REAL_MNIST, digit_images, needs_real_mnist, run_stage
-
-
-def transformed(digit):
-    """A digit as a user might photograph it: enlarged to 200 x 200, dark on light, off-centre on a big page."""
-    big = np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BILINEAR))
-    page = np.full((320, 400), 255, np.uint8)
-    page[90:290, 20:220] = 255 - big
-    return page
-
-
-def normalisation_error(digit):
-    return np.abs(common.mnist_style(transformed(digit)) - digit / np.float32(255)).mean()
-
-
-def test_normalisation_undoes_size_position_and_polarity():
-    digits, _ = digit_images(20, seed=3)
-    errors = []
-    for digit in digits:
-        mnist_like = common.mnist_style(digit)  # the generated digits are not yet in MNIST's 20x20 box
-        again = common.mnist_style(transformed((mnist_like * 255).astype(np.uint8)))
-        assert again.shape == (28, 28) and again.dtype == np.float32 and again.max() == 1
-        errors.append(np.abs(again - mnist_like).mean())
-    assert np.mean(errors) < 0.04 and np.max(errors) < 0.08
-
-
-@needs_real_mnist
-def test_normalisation_gives_back_the_mnist_original():
-    with np.load(REAL_MNIST) as data:
-        digits = data["x_test"][:200]
-    assert np.mean([np.abs(common.mnist_style(d) - d / np.float32(255)).mean() for d in digits]) < 0.002
-    errors = [normalisation_error(d) for d in digits]  # resampling 28 -> 200 -> 20 pixels blurs a little
-    assert np.mean(errors) < 0.035 and np.max(errors) < 0.08
+from conftest import digit_images, run_stage
+from mnist_cnn import predict
+from mnist_cnn.model_files import load_model
 
 
 @pytest.fixture
@@ -71,7 +39,7 @@ def good_images(tmp_path):
 
 
 def predict_json(model_dir, *paths, top_k=1):
-    result = run_stage("predict.py", "--model", model_dir / "model.keras", "--json", "--top-k", top_k, *paths,
+    result = run_stage("mnist_cnn.predict", "--model", model_dir / "model.keras", "--json", "--top-k", top_k, *paths,
                        cwd=model_dir)
     return result, json.loads(result.stdout) if result.stdout.strip() else []
 
@@ -93,7 +61,7 @@ def test_text_lines_and_arrays(model_dir, tmp_path):
     digits, _ = digit_images(5, seed=6)
     np.save(tmp_path / "digits.npy", digits[:3])
     np.savez(tmp_path / "more.npz", first=digits[3:4], second=digits[4:5, :, :, None])
-    result = run_stage("predict.py", "--model", model_dir / "model.keras", tmp_path / "digits.npy",
+    result = run_stage("mnist_cnn.predict", "--model", model_dir / "model.keras", tmp_path / "digits.npy",
                        tmp_path / "more.npz", cwd=model_dir)
     assert result.returncode == 0, result.stderr
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
@@ -137,7 +105,7 @@ def test_bad_files_are_one_line_each_and_good_ones_still_classified(model_dir, g
 
 
 def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
-    result = run_stage("predict.py", "--model", tmp_path / "none.keras", good_images[0], cwd=tmp_path)
+    result = run_stage("mnist_cnn.predict", "--model", tmp_path / "none.keras", good_images[0], cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path}/none.keras not found: run `dvc repro` to train the model"]
@@ -145,7 +113,7 @@ def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
 
 def test_file_that_is_not_a_keras_model(tmp_path, good_images):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    result = run_stage("predict.py", "--model", tmp_path / "model.keras", good_images[0], cwd=tmp_path)
+    result = run_stage("mnist_cnn.predict", "--model", tmp_path / "model.keras", good_images[0], cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not a Keras model" in lines[0], lines
@@ -154,11 +122,11 @@ def test_file_that_is_not_a_keras_model(tmp_path, good_images):
 def test_thousands_of_images_go_through_in_batches(model_dir, tmp_path, monkeypatch, capsys):
     digits, labels = digit_images(1200, seed=7)
     np.save(tmp_path / "many.npy", digits)
-    model = common.load_model(model_dir / "model.keras")
+    model = load_model(model_dir / "model.keras")
     calls = []
     original = model.predict
     monkeypatch.setattr(model, "predict", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
-    monkeypatch.setattr(common, "load_model", lambda path: model)
+    monkeypatch.setattr(predict, "load_model", lambda path: model)
     predict.main(["--model", str(model_dir / "model.keras"), "--json", str(tmp_path / "many.npy")])
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 1200 and calls == [512, 512, 176]

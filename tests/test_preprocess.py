@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
-import common
-import preprocess
 from conftest import run_stage, tiny_arrays, write_params
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import load_npz, write_npz
+from mnist_cnn.prepare import read_split
+from stages import preprocess
 
 NAMES = np.array([str(d) for d in range(10)])
 
@@ -15,18 +17,18 @@ NAMES = np.array([str(d) for d in range(10)])
 @pytest.fixture
 def raw(workdir):
     path = workdir / "raw.npz"
-    common.write_npz(path, {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES})
+    write_npz(path, {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES})
     return path
 
 
 def outputs(directory):
-    return {split: common.load_npz(directory / f"{split}.npz") for split in ("train", "val", "test")}
+    return {split: load_npz(directory / f"{split}.npz") for split in ("train", "val", "test")}
 
 
 def test_tail_split_is_what_keras_validation_split_does(workdir, raw):
     preprocess.main([str(raw), str(workdir / "out")])
     out = outputs(workdir / "out")
-    arrays = common.load_npz(raw)
+    arrays = load_npz(raw)
     split_at = int(math.floor(200 * (1 - 0.2)))  # keras.src.trainers.data_adapters.train_validation_split
     assert (len(out["train"]["y"]), len(out["val"]["y"]), len(out["test"]["y"])) == (160, 40, 50)
     np.testing.assert_array_equal(out["val"]["y"], arrays["y_train"][split_at:])
@@ -37,10 +39,10 @@ def test_tail_split_is_what_keras_validation_split_does(workdir, raw):
 
 
 def test_stages_read_the_notebooks_scaling(workdir, raw):
-    """common.load_split gives what the notebook fed the network: reshape(-1, 28, 28, 1), float32 / 255."""
+    """read_split gives what the notebook fed the network: reshape(-1, 28, 28, 1), float32 / 255."""
     preprocess.main([str(raw), str(workdir / "out")])
-    x, y, class_names = common.load_split(workdir / "out" / "test.npz")
-    arrays = common.load_npz(raw)
+    x, y, class_names = read_split(workdir / "out" / "test.npz")
+    arrays = load_npz(raw)
     np.testing.assert_array_equal(x, arrays["x_test"].reshape(-1, 28, 28, 1).astype("float32") / 255)
     assert x.dtype == np.float32 and y.tolist() == arrays["y_test"].tolist() and class_names == NAMES.tolist()
 
@@ -50,7 +52,7 @@ def test_limit_keeps_the_first_images(workdir, raw):
     preprocess.main([str(raw), str(workdir / "out")])
     out = outputs(workdir / "out")
     assert (len(out["train"]["y"]), len(out["val"]["y"])) == (90, 10)
-    np.testing.assert_array_equal(out["val"]["y"], common.load_npz(raw)["y_train"][90:100])
+    np.testing.assert_array_equal(out["val"]["y"], load_npz(raw)["y_train"][90:100])
 
 
 def test_stratified_split_is_seeded_and_balanced(workdir, raw):
@@ -86,8 +88,8 @@ def test_outputs_are_byte_identical_across_runs(workdir, raw):
 def test_bad_raw_arrays_stop_with_one_line_and_no_output(workdir, change, message):
     arrays = {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES}
     change(arrays)
-    common.write_npz(workdir / "raw.npz", arrays)
-    result = run_stage("preprocess.py", "raw.npz", "out", cwd=workdir)
+    write_npz(workdir / "raw.npz", arrays)
+    result = run_stage("stages.preprocess", "raw.npz", "out", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
@@ -96,5 +98,5 @@ def test_bad_raw_arrays_stop_with_one_line_and_no_output(workdir, change, messag
 
 def test_limit_too_small_for_a_validation_split(workdir, raw):
     write_params(workdir, data__limit=1, data__val_split=0.2)
-    with pytest.raises(common.UserError, match="leaves an empty split"):
+    with pytest.raises(UserError, match="leaves an empty split"):
         preprocess.main([str(raw), str(workdir / "out")])

@@ -11,8 +11,8 @@ import time
 import pytest
 import yaml
 
-import preset
 from conftest import GIT, REPO, STAGES, make_tiny_project, sh, stages_run
+from mnist_cnn.params import set_dotted
 
 CHECK = [sys.executable, os.path.join(REPO, "tools", "check_reproduction.py")]
 
@@ -40,7 +40,7 @@ def clone(baseline, tmp_path):
 def set_param(root, key, value):
     """Change one dotted param in a project's params.yaml, as a user editing it would."""
     path = root / "params.yaml"
-    params = preset.apply(yaml.safe_load(path.read_text()), {key: value})
+    params = set_dotted(yaml.safe_load(path.read_text()), {key: value})
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -122,9 +122,9 @@ def test_experiment_run_and_show(clone):
 
 @pytest.mark.parametrize("preset", ["fast", "best"])
 def test_preset_runs_as_an_experiment(clone, preset):
-    """README, "Presets": dvc exp run -n NAME $(python tools/preset.py NAME) sets exactly the preset's params."""
+    """docs, "Presets": dvc exp run -n NAME $(python -m tools.preset NAME) sets exactly the preset's params."""
     sh(clone, "dvc", "pull")
-    options = sh(clone, sys.executable, os.path.join(REPO, "tools", "preset.py"), preset).stdout.split()
+    options = sh(REPO, sys.executable, "-m", "tools.preset", preset).stdout.split()
     output = sh(clone, "dvc", "exp", "run", "-n", preset, *options).stdout
     assert stages_run(output) == ["train", "evaluate", "plot"]
     with open(os.path.join(REPO, "presets", f"{preset}.yaml")) as f:

@@ -1,4 +1,4 @@
-"""The train stage: the notebook's network, every param used, real learning, deterministic results."""
+"""The train stage: real learning, every train param used, deterministic results, clean failures."""
 import json
 import os
 import signal
@@ -7,68 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-import common
-import train
 from conftest import REPO, mounted_tmpfs, run_stage, start_stage, wait_for_line, write_params
+from mnist_cnn.params import load_params
+from stages import train
 
-DEFAULTS = common.load_params(f"{REPO}/params.yaml")
-
-
-def test_default_model_is_the_notebooks_network():
-    model = train.build_model(DEFAULTS["model"], (28, 28, 1), 10)
-    summary = [(type(layer).__name__, layer.output.shape[1:]) for layer in model.layers]
-    assert summary == [
-        ("Conv2D", (26, 26, 32)), ("MaxPooling2D", (13, 13, 32)),
-        ("Conv2D", (11, 11, 64)), ("MaxPooling2D", (5, 5, 64)),
-        ("Dropout", (5, 5, 64)), ("Flatten", (1600,)),
-        ("Dense", (128,)), ("Dropout", (128,)), ("Dense", (10,)),
-    ]
-    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.25, 0.5]
-    assert model.layers[0].kernel_size == (3, 3) and model.layers[1].pool_size == (2, 2)
-    assert model.layers[-1].activation.__name__ == "softmax"
-    assert model.count_params() == 225_034
-
-
-@pytest.mark.parametrize("key, value", [
-    ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
-    ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
-    ("convs_per_block", 2), ("padding", "same"), ("batch_norm", True),
-    ("augment", {"rotation": 10, "shift": 0, "zoom": 0}), ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1}),
-])
-def test_every_model_param_changes_the_network(key, value):
-    default = train.build_model(DEFAULTS["model"], (28, 28, 1), 10).get_config()
-    changed = train.build_model({**DEFAULTS["model"], key: value}, (28, 28, 1), 10).get_config()
-    assert default != changed
-
-
-def test_options_beyond_the_notebook_build_the_network_they_name():
-    params = {**DEFAULTS["model"], "convs_per_block": 2, "padding": "same", "batch_norm": True,
-              "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
-    model = train.build_model(params, (28, 28, 1), 10)
-    names = [type(layer).__name__ for layer in model.layers]
-    assert names[0] == "RandomAffine"
-    conv = ["Conv2D", "FusedBatchNormalization", "Activation"]
-    assert names[1:] == conv * 2 + ["MaxPooling2D"] + conv * 2 + ["MaxPooling2D", "Dropout", "Flatten", "Dense",
-                                                                    "FusedBatchNormalization", "Activation",
-                                                                    "Dropout", "Dense"]
-    assert model.layers[2].output.shape[1:] == (28, 28, 32)  # same padding keeps 28 x 28
-    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
-    augment = model.layers[0]  # random in training, the identity at inference
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augment(x, training=False)), x)
-    assert not np.array_equal(keras.ops.convert_to_numpy(augment(x, training=True)), x)
-
-
-def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on():
-    params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "off_last_epochs": 1}}
-    model = train.build_model(params, (28, 28, 1), 10)
-    callback = train.AugmentationOff(first=2)
-    callback.set_model(model)
-    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
-    for epoch, unchanged in ((0, False), (1, False), (2, True), (3, True)):
-        callback.on_epoch_begin(epoch)
-        y = keras.ops.convert_to_numpy(model.layers[0](x, training=True))
-        assert np.array_equal(y, x) is unchanged, epoch  # exactly the pixels: no resampling blur
+DEFAULTS = load_params(f"{REPO}/params.yaml")
 
 
 def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, workdir):
@@ -81,7 +24,7 @@ def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, wor
 
 def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir):
     write_params(workdir, model__augment__zoom=0.1, model__augment__off_last_epochs=10)
-    result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -90,124 +33,17 @@ def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir
     assert not (workdir / "m.keras").exists()
 
 
-def centroids(images):
-    """(row, column) of each image's centre of brightness, from the image's centre."""
-    rows, cols = np.mgrid[:28, :28] - 13.5
-    mass = images[..., 0].sum(axis=(1, 2))
-    return np.stack([(images[..., 0] * rows).sum(axis=(1, 2)) / mass,
-                     (images[..., 0] * cols).sum(axis=(1, 2)) / mass], axis=1)
-
-
-@pytest.mark.parametrize("rotation, zoom, shift", [(10, 0, 0), (0, 0.1, 0), (0, 0, 0.1)])
-def test_random_affine_rotates_zooms_and_shifts_within_its_limits(rotation, zoom, shift):
-    x = np.zeros((256, 28, 28, 1), np.float32)
-    x[:, 13:15, 19:21] = 1  # a 2x2 dot 6 pixels right of the centre
-    keras.utils.set_random_seed(0)
-    y = keras.ops.convert_to_numpy(train.RandomAffine(rotation, zoom, shift)(x, training=True))
-    row, col = centroids(y).T
-    radius, angle = np.hypot(row, col), np.degrees(np.arctan2(row, col))
-    if rotation:  # on a circle around the centre, turned both ways up to 10 degrees
-        np.testing.assert_allclose(radius, 6, atol=0.05)
-        assert angle.min() < -8 and angle.max() > 8 and np.abs(angle).max() <= 10
-    if zoom:  # along its ray, closer and further, by up to 10%
-        np.testing.assert_allclose(angle, 0, atol=0.01)
-        assert radius.min() < 6 / 1.08 and radius.max() > 6 / 0.92
-        assert radius.min() >= 6 / 1.1 - 0.01 and radius.max() <= 6 / 0.9 + 0.01
-    if shift:  # moved by up to 10% of 28 pixels on each axis
-        assert np.abs(row).max() <= 2.8 + 0.01 and np.abs(col - 6).max() <= 2.8 + 0.01
-        assert row.min() < -2.4 and row.max() > 2.4 and (col - 6).min() < -2.4 and (col - 6).max() > 2.4
-    keras.utils.set_random_seed(0)
-    again = keras.ops.convert_to_numpy(train.RandomAffine(rotation, zoom, shift)(x, training=True))
-    np.testing.assert_array_equal(again, y)  # seeded: the same draws
-
-
-def test_random_affine_resamples_once_so_images_stay_sharper_than_keras_three_layers():
-    rng = np.random.default_rng(0)
-    x = np.zeros((256, 28, 28, 1), np.float32)
-    for image, (row, col) in zip(x, rng.integers(8, 20, (256, 2))):
-        image[row - 1:row + 1, 4:24] = 1  # a 2-pixel stroke
-        image[4:24, col - 1:col + 1] = 1
-    keras.utils.set_random_seed(0)
-    once = keras.ops.convert_to_numpy(train.RandomAffine(10, 0.1, 0.1)(x, training=True))
-    three = x
-    for layer in (keras.layers.RandomRotation(10 / 360, fill_mode="constant"),
-                  keras.layers.RandomZoom(0.1, fill_mode="constant"),
-                  keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant")):
-        three = keras.ops.convert_to_numpy(layer(three, training=True))
-
-    def peak(images):  # the mean of each image's 20 brightest pixels: 1 before any blur
-        return np.sort(images.reshape(len(images), -1), axis=1)[:, -20:].mean()
-
-    assert peak(once) > peak(three) + 0.03
-
-
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-def test_fused_batch_norm_computes_what_keras_batch_norm_does(precision):
-    fused = train.FusedBatchNormalization(momentum=0.9, dtype=precision)
-    plain = keras.layers.BatchNormalization(momentum=0.9, dtype=precision)
-    rng = np.random.default_rng(0)
-    x, weights = rng.normal(2, 3, (2, 16, 7, 7, 8)).astype(np.float32)
-    for layer in (fused, plain):
-        layer.build(x.shape)
-        layer.set_weights([np.linspace(0.5, 2, 8), np.linspace(-1, 1, 8), np.zeros(8), np.ones(8)])
-    outputs = []
-    for layer in (fused, plain):
-        with train.tf.GradientTape() as tape:
-            inputs = train.tf.constant(x)
-            tape.watch(inputs)
-            y = layer(inputs, training=True)
-            loss = train.tf.reduce_sum(train.tf.cast(y, "float32") * weights)
-        outputs.append([keras.ops.convert_to_numpy(v).astype(np.float32)
-                        for v in [y, *tape.gradient(loss, [inputs, layer.gamma, layer.beta])]])
-    tolerance = 1e-4 if precision == "float32" else 0.05  # bfloat16 keeps 8 bits of mantissa
-    for a, b in zip(*outputs):  # outputs, then the gradients of the input, gamma and beta
-        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
-    for a, b in zip(fused.get_weights()[2:], plain.get_weights()[2:]):  # moving mean and variance
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_saved_model_has_keras_own_layers_only_and_predicts_the_same(tmp_path):
-    params = {**DEFAULTS["model"], "batch_norm": True,
-              "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
-    model = train.build_model(params, (28, 28, 1), 10)
-    x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
-    model.compile("adam", "categorical_crossentropy")
-    model.fit(x, keras.utils.to_categorical(np.arange(64) % 10, 10), epochs=1, verbose=0)
-    train.save_model(train.inference_model(model), tmp_path / "m.keras")
-    loaded = common.load_model(tmp_path / "m.keras")  # safe mode, nothing from train.py registered
-    names = [type(layer).__name__ for layer in loaded.layers]
-    assert "BatchNormalization" in names and "FusedBatchNormalization" not in names
-    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers[1:]]  # no augmentation
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
-    without_batch_norm = train.build_model(DEFAULTS["model"], (28, 28, 1), 10)
-    assert train.inference_model(without_batch_norm) is without_batch_norm  # saved as before
-
-
-def test_precision_sets_the_hidden_layers_dtype_and_keeps_softmax_float32():
-    model = train.build_model(DEFAULTS["model"], (28, 28, 1), 10, "mixed_bfloat16")
-    assert {layer.compute_dtype for layer in model.layers[:-1]} == {"bfloat16"}
-    assert {layer.variable_dtype for layer in model.layers} == {"float32"}  # weights stay float32
-    assert model.layers[-1].compute_dtype == "float32"
-    assert model(np.zeros((2, 28, 28, 1), np.float32)).dtype == "float32"
-
-
-@pytest.mark.parametrize("cpuinfo, native", [
-    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # AMD Zen 4, Cooper Lake
-    ("flags\t\t: fpu avx512f amx_bf16 amx_tile\n", True),  # Sapphire Rapids
-    ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm: Graviton 3, Neoverse V1
-    ("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),  # Skylake-X: no bfloat16
-    ("Features\t: fp asimd\n", False),
+@pytest.mark.parametrize("gpus, bf16, expected", [
+    (["GPU:0"], True, "mixed_float16"),  # a GPU wins: float16 with loss scaling
+    (["GPU:0"], False, "mixed_float16"),
+    ([], True, "mixed_bfloat16"),  # a CPU with AVX512-BF16, AMX or Arm BF16
+    ([], False, "float32"),  # a plain CPU: bfloat16 emulated in software would be slower
 ])
-def test_bfloat16_is_native_only_where_the_cpu_says_so(tmp_path, cpuinfo, native):
-    (tmp_path / "cpuinfo").write_text(cpuinfo)
-    assert train.cpu_has_bf16(tmp_path / "cpuinfo") is native
-
-
-def test_auto_precision_follows_the_hardware(tmp_path):
-    assert train.cpu_has_bf16(tmp_path / "no such file") is False  # not Linux: float32
-    expected = "mixed_bfloat16" if train.cpu_has_bf16() else "float32"  # the tests run without a GPU
+def test_auto_precision_covers_gpu_bf16_cpu_and_plain_cpu(monkeypatch, gpus, bf16, expected):
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: bf16)
     assert train.resolve_precision("auto") == expected
-    for choice in ("float32", "mixed_bfloat16", "mixed_float16"):
+    for choice in ("float32", "mixed_bfloat16", "mixed_float16"):  # an explicit choice is kept as it is
         assert train.resolve_precision(choice) == choice
 
 
@@ -223,7 +59,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_impossible_network_is_a_user_error(processed_dir, workdir):
     write_params(workdir, model__conv_filters=[8, 8, 8, 8], model__pool_size=3)
-    result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: model.* params give an impossible network")
@@ -279,7 +115,7 @@ def test_speed_knobs_do_not_change_the_results(processed_dir, workdir):
 
 
 def test_missing_training_data_is_one_line(workdir):
-    result = run_stage("train.py", "nope/train.npz", "nope/val.npz", "m.keras", "log", cwd=workdir)
+    result = run_stage("stages.train", "nope/train.npz", "nope/val.npz", "m.keras", "log", cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: nope/train.npz not found: run `dvc repro preprocess` to create it"]
@@ -300,7 +136,7 @@ def ignore_sigint():
 
 def interrupt_training(processed_dir, workdir, signal_number, started_ignoring_sigint=False):
     write_params(workdir, train__epochs=200, train__batch_size=8)
-    process = start_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
+    process = start_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
                           "models/model.keras", "log", cwd=workdir,
                           preexec_fn=ignore_sigint if started_ignoring_sigint else None)
     wait_for_line(process, "Epoch 2/")
@@ -326,7 +162,7 @@ def test_interrupted_training_leaves_the_previous_model(processed_dir, workdir, 
 def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workdir):
     with mounted_tmpfs(workdir / "models", "size=1m") as models:
         (models / "model.keras").write_bytes(b"previous model")
-        result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
+        result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
                            "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write ")
@@ -337,14 +173,9 @@ def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workd
 
 def test_read_only_output_folder_is_one_line(processed_dir, workdir):
     with mounted_tmpfs(workdir / "models", "ro", "size=1m") as models:
-        result = run_stage("train.py", processed_dir / "train.npz", processed_dir / "val.npz",
+        result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
                            "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: cannot write ") and "read-only" in last, result.stderr
         assert os.listdir(models) == []
-
-
-def test_network_takes_input_shape_and_class_count_from_the_data():
-    model = train.build_model(DEFAULTS["model"], (32, 32, 3), 5)
-    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 5)

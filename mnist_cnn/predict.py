@@ -1,10 +1,10 @@
 """Classify your own images with the trained model.
 
-    python stages/predict.py [--model models/model.keras] [--json] [--top-k K] PATH...
+    python -m mnist_cnn.predict [--model models/model.keras] [--json] [--top-k K] PATH...
 
 PATHs are image files (PNG, JPEG, BMP, GIF, TIFF, ...), folders (every image inside, sorted) or
 .npy/.npz arrays of images. Each image is brought to the model's input first by the normalisation
-every stage uses (common.to_model_image: MNIST's form for grayscale models), whatever its size,
+folder datasets use too (images.to_model_image: MNIST's form for grayscale models), whatever its size,
 colours or background. A file that can't be read is reported in one line on
 stderr and the others are still classified; the exit status is then 1.
 """
@@ -13,11 +13,14 @@ import json
 import os
 import sys
 import time
-import zipfile
 
 import numpy as np
 
-import common
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import read_arrays
+from mnist_cnn.images import IMAGE_SUFFIXES, BadImage, read_image, to_model_image
+from mnist_cnn.model_files import load_model
+from mnist_cnn.runner import quiet_tensorflow, run
 
 BATCH_SIZE = 512
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -30,19 +33,18 @@ def expand(paths):
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 for name in sorted(files):
-                    if name.lower().endswith(common.IMAGE_SUFFIXES + ARRAY_SUFFIXES):
+                    if name.lower().endswith(IMAGE_SUFFIXES + ARRAY_SUFFIXES):
                         yield os.path.join(root, name)
         else:
             yield path
 
 
-def read_arrays(path):
+def images_in_array_file(path):
     """(name, image) pairs from a .npy or .npz file of images (N x H x W, or N x H x W x 1 or 3)."""
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = [(key, data[key]) for key in data.files] if isinstance(data, np.lib.npyio.NpzFile) else [(None, data)]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise common.BadImage(f"not a readable {os.path.splitext(path)[1]} file ({e})")
+        arrays = read_arrays(path).items()
+    except ValueError as e:
+        raise BadImage(f"not a readable {os.path.splitext(path)[1]} file ({e})")
     for key, array in arrays:
         where = f"{path}[{key}]" if key else path
         if array.ndim == 4 and array.shape[-1] == 1:
@@ -50,7 +52,7 @@ def read_arrays(path):
         if array.ndim == 2:
             array = array[None]
         if array.ndim not in (3, 4) or not np.issubdtype(array.dtype, np.number):
-            raise common.BadImage(f"{where} has shape {array.shape} and dtype {array.dtype}; "
+            raise BadImage(f"{where} has shape {array.shape} and dtype {array.dtype}; "
                                   f"expected (N, H, W) or (N, H, W, 3) numbers")
         for i, image in enumerate(array):
             yield f"{where}[{i}]", image
@@ -61,16 +63,16 @@ def images(paths, problems, size, colour):
     for path in expand(paths):
         try:
             if not os.path.exists(path):
-                raise common.BadImage("no such file or folder")
+                raise BadImage("no such file or folder")
             if path.lower().endswith(ARRAY_SUFFIXES):
-                for name, pixels in read_arrays(path):
+                for name, pixels in images_in_array_file(path):
                     try:
-                        yield name, common.to_model_image(pixels, size, colour)
-                    except common.BadImage as e:
+                        yield name, to_model_image(pixels, size, colour)
+                    except BadImage as e:
                         problems.append((name, str(e)))
             else:
-                yield path, common.to_model_image(common.read_image(path, colour), size, colour)
-        except common.BadImage as e:
+                yield path, to_model_image(read_image(path, colour), size, colour)
+        except BadImage as e:
             problems.append((path, str(e)))
 
 
@@ -104,14 +106,14 @@ def main(argv):
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely classes")
     args = parser.parse_args(argv)
     if args.top_k < 1:
-        raise common.UserError(f"--top-k {args.top_k}: K must be 1 or more")
+        raise UserError(f"--top-k {args.top_k}: K must be 1 or more")
 
-    common.quiet_tensorflow()
-    model = common.load_model(args.model)
+    quiet_tensorflow()
+    model = load_model(args.model)
     class_names = class_names_for(model, args.model)
     height, width, channels = model.input_shape[1:]
     if height != width or channels not in (1, 3):
-        raise common.UserError(f"{args.model} takes inputs of shape {model.input_shape[1:]}, not square "
+        raise UserError(f"{args.model} takes inputs of shape {model.input_shape[1:]}, not square "
                                f"grayscale or RGB images")
 
     problems, results, start = [], [], time.perf_counter()
@@ -142,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

@@ -1,0 +1,92 @@
+"""Writing outputs atomically and byte-deterministically, and reading .npz files with one-line errors.
+
+Every output of every stage goes through atomic_path: written beside its target under a temporary
+name and renamed over it only when complete, so a crash, Ctrl-C or full disk leaves the previous
+file as it was. Zip members get a fixed date and mode (fixed_zip_member), so an .npz or .keras file
+is byte-identical whenever and wherever it is written, and so is its hash in dvc.lock.
+"""
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from mnist_cnn.errors import UserError
+
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip file can hold
+# What np.load and the zip format raise for a missing, truncated, corrupt or pickled file
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; move it over `path` only if the block succeeds.
+
+    A crash, Ctrl-C or full disk leaves the previous file untouched and no partial file behind.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fixed_zip_member(name, compress_type=zipfile.ZIP_STORED):
+    """A zip member header without the writer's clock or umask: the same bytes on every run."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = compress_type
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def write_npz(path, arrays):
+    """Write arrays as an uncompressed .npz whose bytes depend only on the arrays (np.savez stamps the time)."""
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                with archive.open(fixed_zip_member(f"{name}.npy"), "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def read_arrays(path, names=None):
+    """Every array of an .npz file (or those in `names` that it holds), or the one array of an .npy file.
+
+    Raises ValueError with the reason for a file NumPy can't read; callers turn it into their own
+    one-line error (a failed source, a user's bad file, an unreadable image).
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            return {None: data}
+        with data:
+            return {name: data[name] for name in data.files if names is None or name in names}
+    except NPZ_ERRORS as e:
+        raise ValueError(str(e) or type(e).__name__) from None
+
+
+def load_npz(path, stage_hint="dvc repro"):
+    """Load all arrays of a pipeline .npz file, with one-line errors for missing or broken files."""
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: run `{stage_hint}` to create it")
+    try:
+        return read_arrays(path)
+    except ValueError as e:
+        raise UserError(f"{path} is not a readable .npz file ({e}): delete it and run `{stage_hint}`")
+
+
+def write_json(path, data):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")

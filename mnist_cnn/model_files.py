@@ -1,0 +1,47 @@
+"""The trained model on disk: saved byte-deterministically, loaded in Keras' safe mode with one-line errors."""
+import json
+import os
+import zipfile
+
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import atomic_path, fixed_zip_member
+
+
+def renumber_shared_objects(node, numbers):
+    """Replace Keras' shared_object_id (a memory address) with 0, 1, 2... in order of appearance."""
+    if isinstance(node, dict):
+        return {key: numbers.setdefault(value, len(numbers)) if key == "shared_object_id"
+                else renumber_shared_objects(value, numbers) for key, value in node.items()}
+    if isinstance(node, list):
+        return [renumber_shared_objects(value, numbers) for value in node]
+    return node
+
+
+def save_model(model, path):
+    """model.save, minus what differs between equal models (save time, memory addresses): equal bytes."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp) as archive:
+            members = [(info, archive.read(info)) for info in archive.infolist()]
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for info, data in members:
+                if info.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(renumber_shared_objects(json.loads(data), {})).encode()
+                archive.writestr(fixed_zip_member(info.filename, info.compress_type), data)
+
+
+def load_model(path):
+    """Load a Keras model in safe mode (no arbitrary code), with one-line errors for what users get wrong."""
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: run `dvc repro` to train the model")
+    import keras  # here, not above: commands that never load a model start without TensorFlow
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise UserError(f"{path} is not a Keras model ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                        f"run `dvc repro --force train` to rebuild it")

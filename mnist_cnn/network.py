@@ -1,0 +1,152 @@
+"""The network: the notebook's CNN built from model.* params, and the layers it trains with.
+
+build_model is the notebook's Sequential net by default (Conv2D(32) > MaxPool > Conv2D(64) > MaxPool
+> Dropout(0.25) > Flatten > Dense(128) > Dropout(0.5) > Dense(10, softmax)), with options beyond it:
+more convolutions per block, "same" padding, batch normalisation and augmentation. Two layers exist
+for training only, RandomAffine and FusedBatchNormalization; inference_model gives the network that
+is saved, which loads with Keras alone.
+"""
+import math
+
+from mnist_cnn.runner import quiet_tensorflow
+
+tf = quiet_tensorflow()
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+
+class RandomAffine(layers.Layer):
+    """Random rotation, zoom and shift of each training image, composed into one affine map and
+    resampled once (bilinear, black outside); the identity at inference, and left out of the saved
+    model (inference_model). Keras' RandomRotation, RandomZoom and RandomTranslation in a row would
+    interpolate three times, blurring the training images away from the crisp test images.
+
+    rotation: up to this many degrees either way; zoom: scale by 1 +- up to this fraction (same for
+    both axes); shift: up to this fraction of the height and width. Draws come from a seeded Keras
+    SeedGenerator, so a seeded run repeats them. Every draw is scaled by `strength`: 1, or 0 to pass
+    the images through unchanged (AugmentationOff sets it for the last epochs).
+    """
+
+    def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.shift, self.seed = rotation, zoom, shift, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.strength = self.add_weight(shape=(), initializer="ones", trainable=False, name="strength")
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        batch, height, width = tf.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
+
+        def uniform(limit):
+            return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator) * self.strength
+
+        angle = uniform(self.rotation * math.pi / 180)
+        scale = 1 + uniform(self.zoom)  # input pixels per output pixel: > 1 zooms out
+        dx, dy = uniform(self.shift * width), uniform(self.shift * height)
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        a0, a1 = scale * tf.cos(angle), -scale * tf.sin(angle)  # output (x, y) -> input point, about the centre
+        b0, b1 = -a1, a0
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy - dx, b0, b1, cy - b0 * cx - b1 * cy - dy,
+                               zeros, zeros], axis=1)
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=inputs, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="CONSTANT")
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
+                "seed": self.seed}
+
+
+class AugmentationOff(keras.callbacks.Callback):
+    """model.augment.off_last_epochs: the model's RandomAffine passes the images through unchanged
+    from epoch `first` (0-based) on, so training ends on images like the ones it will be tested on."""
+
+    def __init__(self, first):
+        super().__init__()
+        self.first = first
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in self.model.layers:
+            if isinstance(layer, RandomAffine):
+                layer.strength.assign(0.0 if epoch >= self.first else 1.0)
+
+
+def augments(augment):
+    return any(augment[key] for key in ("rotation", "shift", "zoom"))
+
+
+def augmentation(augment):
+    """RandomAffine in front of the net when any of model.augment's transforms is on; nothing by
+    default. float32 whatever the precision: the image transform has no bfloat16 kernel on CPU."""
+    if not augments(augment):
+        return []
+    return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], dtype="float32")]
+
+
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras' BatchNormalization, trained with TensorFlow's fused kernel on 4-D inputs (one oneDNN op
+    on a CPU, cuDNN on a GPU) where Keras computes a dozen elementwise ops: on a 2-core CPU, batch
+    normalisation cost the notebook's net +20 ms per step of 128 that way, +2 ms fused
+    (bench/batch_norm.py). The same statistics, weights and moving averages; inference is Keras' own,
+    and the saved model has plain BatchNormalization layers (inference_model), so loading it needs
+    nothing from here."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not training or len(inputs.shape) != 4 or self.axis not in (-1, 3) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        empty = tf.constant([], tf.float32)
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=tf.cast(self.gamma, tf.float32), offset=tf.cast(self.beta, tf.float32), mean=empty,
+            variance=empty, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+        variance = variance * (count - 1) / count  # the kernel returns the unbiased variance; Keras keeps the other
+        for average, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            average.assign(average * self.momentum + tf.stop_gradient(value) * (1 - self.momentum))
+        return outputs
+
+
+def inference_model(model):
+    """What is saved: the trained network without its augmentation layers (the identity at inference),
+    with Keras' own BatchNormalization for FusedBatchNormalization (same name and weights): a model
+    that loads with Keras alone. The model itself where it has neither."""
+    if not any(isinstance(layer, (RandomAffine, FusedBatchNormalization)) for layer in model.layers):
+        return model
+
+    def plain(layer):
+        if not isinstance(layer, FusedBatchNormalization):
+            return layer  # the same layer, weights shared
+        copy = layers.BatchNormalization.from_config(layer.get_config())
+        copy.build(layer.input.shape)
+        copy.set_weights(layer.get_weights())
+        return copy
+
+    kept = [plain(layer) for layer in model.layers if not isinstance(layer, RandomAffine)]
+    return keras.Sequential([keras.Input(shape=model.input_shape[1:])] + kept, name=model.name)
+
+
+def build_model(model_params, input_shape, num_classes, dtype="float32"):
+    """Conv-pool blocks, dropout, dense layers with dropout, softmax: the notebook's net by default.
+
+    Options beyond the notebook: several convolutions per block, "same" padding, batch normalisation
+    (conv/dense, then BatchNormalization, then relu) and augmentation layers in front. dtype is the
+    Keras dtype policy of the hidden layers (train.precision); the softmax layer stays float32, as
+    Keras' mixed-precision guide advises, so probabilities and the loss are computed exactly.
+    """
+    def relu_layer(layer, *args, **kwargs):  # Conv2D or Dense, then relu; with batch_norm: no bias, BN, relu
+        if not model_params["batch_norm"]:
+            return [layer(*args, activation="relu", dtype=dtype, **kwargs)]
+        return [layer(*args, use_bias=False, dtype=dtype, **kwargs), FusedBatchNormalization(dtype=dtype),
+                layers.Activation("relu", dtype=dtype)]
+
+    stack = [keras.Input(shape=input_shape)] + augmentation(model_params["augment"])
+    for filters in model_params["conv_filters"]:
+        for _ in range(model_params["convs_per_block"]):
+            stack += relu_layer(layers.Conv2D, filters, model_params["kernel_size"], padding=model_params["padding"])
+        stack.append(layers.MaxPooling2D(model_params["pool_size"], dtype=dtype))
+    stack += [layers.Dropout(model_params["conv_dropout"], dtype=dtype), layers.Flatten(dtype=dtype)]
+    for units in model_params["dense_units"]:
+        stack += relu_layer(layers.Dense, units) + [layers.Dropout(model_params["dense_dropout"], dtype=dtype)]
+    stack.append(layers.Dense(num_classes, activation="softmax", dtype="float32"))
+    return keras.Sequential(stack, name="cnn")

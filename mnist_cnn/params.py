@@ -1,0 +1,144 @@
+"""params.yaml: its schema, reading and checking it, and setting a param by its dotted name.
+
+Every stage calls load_params() before it does anything, so a wrong value anywhere in the file stops
+the first stage that runs with one line naming the key, the value and the rule.
+"""
+import yaml
+
+from mnist_cnn.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+# data.dataset: a dataset of the registry (datasets.DATASETS, which a test keeps equal to this), or your own
+PUBLISHED_DATASETS = ("mnist", "fashion_mnist")
+CUSTOM_NPZ = "npz"  # the user's own Keras-layout .npz named by data.path
+FOLDER = "folder"  # the user's own images: data.path/<class name>/<images>
+
+
+def _number(low=None, high=None, integer=False, low_open=False, high_open=False, nullable=False):
+    """A validator for a number within bounds; returns an error text or None."""
+    def check(value):
+        if value is None and nullable:
+            return None
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return "an integer" if integer else "a number"
+        if low is not None and (value <= low if low_open else value < low):
+            return f"{'>' if low_open else '>='} {low}"
+        if high is not None and (value >= high if high_open else value > high):
+            return f"{'<' if high_open else '<='} {high}"
+        return None
+    return check
+
+
+def _choice(*allowed):
+    def check(value):
+        return None if value in allowed else "one of " + ", ".join(map(str, allowed))
+    return check
+
+
+def _int_list(length=None, low=1):
+    def check(value):
+        if (not isinstance(value, list) or not value
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in value)):
+            return f"a non-empty list of integers >= {low}"
+        if length is not None and len(value) != length:
+            return f"a list of {length} integers"
+        return None
+    return check
+
+
+def _optional_str(value):
+    return None if value is None or (isinstance(value, str) and value) else "a path or null"
+
+
+# Every key of params.yaml with what it may hold. One place: each stage validates what it reads here.
+PARAMS_SCHEMA = {
+    "seed": _number(0, 2**32 - 1, integer=True),
+    "data.dataset": _choice(*PUBLISHED_DATASETS, FOLDER, CUSTOM_NPZ),
+    "data.path": _optional_str,
+    "data.folder.image_size": _number(8, 512, integer=True),
+    "data.folder.color_mode": _choice("grayscale", "rgb"),
+    "data.folder.test_split": _number(0, 1, low_open=True, high_open=True),
+    "data.folder.bad_images": _choice("stop", "skip"),
+    "data.val_split": _number(0, 1, low_open=True, high_open=True),
+    "data.split": _choice("tail", "stratified"),
+    "data.limit": _number(1, integer=True, nullable=True),
+    "model.conv_filters": _int_list(),
+    "model.convs_per_block": _number(1, 8, integer=True),
+    "model.kernel_size": _number(1, 28, integer=True),
+    "model.padding": _choice("valid", "same"),
+    "model.pool_size": _number(1, 28, integer=True),
+    "model.batch_norm": lambda value: None if isinstance(value, bool) else "true or false",
+    "model.conv_dropout": _number(0, 1, high_open=True),
+    "model.dense_units": _int_list(low=1),
+    "model.dense_dropout": _number(0, 1, high_open=True),
+    "model.augment.rotation": _number(0, 180),
+    "model.augment.shift": _number(0, 1, high_open=True),
+    "model.augment.zoom": _number(0, 1, high_open=True),
+    "model.augment.off_last_epochs": _number(0, integer=True),
+    "train.epochs": _number(1, integer=True),
+    "train.batch_size": _number(1, integer=True),
+    "train.learning_rate": _number(0, low_open=True),
+    "train.schedule": _choice("constant", "cosine"),
+    "train.warmup": _number(0, 1, high_open=True),
+    "train.label_smoothing": _number(0, 1, high_open=True),
+    "train.precision": _choice("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "train.steps_per_execution": _number(1, integer=True),
+    "train.val_batch_size": _number(1, integer=True),
+    "train.threads": _number(0, 1024, integer=True),
+    "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
+    "evaluate.batch_size": _number(1, integer=True),
+    "plot.samples": _number(1, 100, integer=True),
+    "plot.misclassified": _number(1, 100, integer=True),
+    "plot.dpi": _number(50, 600, integer=True),
+}
+
+
+def load_params(path=PARAMS_FILE):
+    """Read params.yaml and check every key against PARAMS_SCHEMA; return the nested dict."""
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run the stages from the repository root (dvc repro does)")
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the syntax")
+    if not isinstance(params, dict):
+        raise UserError(f"{path} must hold a mapping of sections (data, model, train, ...)")
+    flat = flatten(params)
+    for key in flat:
+        if key not in PARAMS_SCHEMA:
+            raise UserError(f"{path}: unknown key '{key}'; known keys: {', '.join(PARAMS_SCHEMA)}")
+    for key, check in PARAMS_SCHEMA.items():
+        if key not in flat:
+            raise UserError(f"{path}: missing key '{key}'; restore it from the repository's params.yaml")
+        problem = check(flat[key])
+        if problem:
+            raise UserError(f"{path}: {key} = {flat[key]!r} is not allowed; it must be {problem}")
+    if flat["data.dataset"] in (CUSTOM_NPZ, FOLDER) and flat["data.path"] is None:
+        raise UserError(f"{path}: data.dataset = {flat['data.dataset']!r} needs data.path set to your "
+                        f"{'.npz file' if flat['data.dataset'] == CUSTOM_NPZ else 'image folder'}")
+    return params
+
+
+def flatten(tree, prefix=""):
+    """{"train": {"epochs": 10}} -> {"train.epochs": 10}: params by their dotted names, as DVC shows them."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_dotted(params, overrides):
+    """Set each dotted key of overrides ("train.epochs": 2) in the nested params, as editing params.yaml would."""
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[leaf] = value
+    return params

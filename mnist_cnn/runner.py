@@ -1,0 +1,70 @@
+"""How a stage runs: one line for a user's mistake, clean stops on Ctrl-C and kill, TensorFlow's quiet start.
+
+Every stage ends with `run(main)`.
+"""
+import errno
+import os
+import signal
+import sys
+
+from mnist_cnn.errors import UserError
+
+# Errors of the machine rather than of our code: a full disk, a read-only or forbidden folder
+DISK_ERRORS = {errno.ENOSPC: "the disk is full: free some space",
+               errno.EDQUOT: "the disk quota is used up: free some space",
+               errno.EACCES: "permission denied: make the folder writable",
+               errno.EPERM: "permission denied: make the folder writable",
+               errno.EROFS: "the file system is read-only: write somewhere else"}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run(main):
+    """Run a stage's main(argv): user errors become one line on stderr and exit status 1.
+
+    Ctrl-C (SIGINT) and `kill` (SIGTERM) stop the stage through the same clean-up path: temporary
+    files are removed and the outputs of the previous run are left as they were. SIGINT is handled
+    here too, not left to Python, which ignores it for good in a process started with SIGINT ignored
+    (as a script's background jobs are): there, Ctrl-C and `dvc repro`'s interruption did nothing.
+    """
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up live under dvc repro and in logs
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, _interrupt)
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: cannot write {e.filename or 'an output file'}: {DISK_ERRORS[e.errno]}, then run "
+              f"the stage again", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: outputs from before this run are left as they were "
+              "(under dvc repro, DVC keeps them in its cache: `dvc checkout` brings them back)", file=sys.stderr)
+        sys.exit(130)
+
+
+def quiet_tensorflow():
+    """Import TensorFlow without its start-up log lines (set TF_CPP_MIN_LOG_LEVEL=0 to see them)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # errors too: TF logs harmless ones
+    verbose = os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    # TensorFlow writes some lines to fd 2 before its log level applies; hide fd 2 during import.
+    saved = None if verbose else os.dup(2)
+    try:
+        if saved is not None:
+            sys.stderr.flush()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        import tensorflow as tf
+        tf.config.list_physical_devices()  # probes for GPUs now, while fd 2 is hidden
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf

@@ -1,0 +1,76 @@
+"""Atomic, byte-deterministic outputs (files.py, model_files.py) and one-line errors for unreadable files."""
+import hashlib
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import atomic_path, load_npz, read_arrays, write_npz
+
+
+def md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def clock_ahead(monkeypatch):
+    """Call it to move the clock 3 days and 7 s ahead: a file written before and one written after
+    must not differ by their time stamps (zip stores them with 2 s resolution)."""
+    def move():
+        ahead = time.time() + 3 * 86400 + 7
+        monkeypatch.setattr(time, "time", lambda: ahead)
+    return move
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("crash in the middle")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["result.json"]
+
+
+def test_write_npz_is_byte_deterministic_across_time_and_loadable(tmp_path, clock_ahead):
+    arrays = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "names": np.array(["a", "b"])}
+    write_npz(tmp_path / "a.npz", arrays)
+    clock_ahead()
+    write_npz(tmp_path / "b.npz", {k: v.copy() for k, v in arrays.items()})
+    assert md5(tmp_path / "a.npz") == md5(tmp_path / "b.npz")
+    loaded = load_npz(tmp_path / "b.npz")
+    np.testing.assert_array_equal(loaded["x"], arrays["x"])
+    assert loaded["names"].tolist() == ["a", "b"]
+
+
+def test_saved_model_is_byte_deterministic_across_time(tmp_path, clock_ahead):
+    import keras
+
+    from mnist_cnn.model_files import save_model
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, kernel_initializer="ones")])
+    save_model(model, tmp_path / "a.keras")
+    clock_ahead()
+    save_model(model, tmp_path / "b.keras")
+    assert md5(tmp_path / "a.keras") == md5(tmp_path / "b.keras")
+
+
+def test_load_npz_explains_missing_and_broken_files(tmp_path):
+    with pytest.raises(UserError, match="not found: run `dvc repro`"):
+        load_npz(tmp_path / "none.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="is not a readable .npz file"):
+        load_npz(tmp_path / "bad.npz")
+
+
+def test_read_arrays_takes_npy_and_npz_and_refuses_pickles(tmp_path):
+    np.save(tmp_path / "one.npy", np.arange(3))
+    assert list(read_arrays(tmp_path / "one.npy")) == [None]
+    np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.ones(2))
+    assert list(read_arrays(tmp_path / "two.npz", names=("b",))) == ["b"]
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        read_arrays(tmp_path / "objects.npy")

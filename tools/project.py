@@ -1,0 +1,65 @@
+"""A fresh copy of the project as a user clones it, and a web server on 127.0.0.1: for tests and benchmarks.
+
+copy_project lays out exactly the files a clone has before any run (no data, models or DVC cache) in
+a new folder; commit_all makes it a git repository, as DVC needs. serve_folder serves a folder over
+HTTP on the loopback address, as a dataset mirror would.
+"""
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What `git clone` gives a user that `dvc repro` needs: the pipeline, its code and its knobs
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", "stages", "mnist_cnn",
+                 "data/own/README.md")
+GIT = ["git", "-c", "user.name=mnist-cnn", "-c", "user.email=mnist-cnn@localhost"]
+
+
+def copy_project(root, files=PROJECT_FILES):
+    """Copy the project's files (paths relative to the repository) into root; returns root."""
+    for name in files:
+        source, target = os.path.join(REPO, name), os.path.join(root, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    return root
+
+
+def commit_all(root, message="project"):
+    """Commit everything in root, making it a git repository on branch main first if it is not one."""
+    if not os.path.isdir(os.path.join(root, ".git")):
+        subprocess.run(GIT + ["init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run(GIT + ["add", "-A"], cwd=root, check=True)
+    subprocess.run(GIT + ["commit", "-qm", message], cwd=root, check=True)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging each request to stderr."""
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+@contextlib.contextmanager
+def serve_folder(folder, handler=QuietHandler):
+    """Serve folder over HTTP on 127.0.0.1 (a free port) in a thread; yields the server, its URL as .url."""
+    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
