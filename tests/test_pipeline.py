@@ -1,4 +1,5 @@
 """End to end: the real `dvc` commands on a copy of the project with generated data."""
+import contextlib
 import csv
 import json
 import os
@@ -88,6 +89,33 @@ def test_epochs_rerun_train_evaluate_plot_only(project):
     write_params(root, **{**TINY_PARAMS, "train__epochs": 2}, plot__dpi=80)
     assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "plot"]
     assert json.loads((root / "metrics" / "train" / "metrics.json").read_text())["step"] == 1
+
+
+@contextlib.contextmanager
+def edited(path, old, new):
+    """The project file at path with old replaced by new for the block, then restored and reproduced again."""
+    original = path.read_text()
+    assert old in original
+    path.write_text(original.replace(old, new))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+        sh(path.parent.parent, "dvc", "repro")
+
+
+def test_editing_the_image_normalisation_reruns_download_only(project):
+    root, _ = project
+    with edited(root / "mnist_cnn" / "images.py", "INK_THRESHOLD = 0.2", "INK_THRESHOLD = 0.2  # edited"):
+        output = sh(root, "dvc", "repro")
+    assert stages_run(output) == ["download"]  # its output's bytes are unchanged, so nothing after it runs
+
+
+def test_editing_the_network_reruns_train_evaluate_and_plot(project):
+    root, _ = project
+    with edited(root / "mnist_cnn" / "network.py", 'name="cnn")', 'name="cnn_edited")'):
+        output = sh(root, "dvc", "repro")
+    assert stages_run(output) == ["train", "evaluate", "plot"]  # not download, not preprocess
 
 
 def test_download_failure_keeps_the_last_good_raw_data(project):
