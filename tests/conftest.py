@@ -228,13 +228,28 @@ def wait_for_line(process, text, timeout=120):
     raise AssertionError(f"process ended before printing {text!r}")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Under CI (CI=true), a skipped test marked ci_prerequisite fails: .ci/run installs what it needs
-    (root for real mounts, Debian's Fashion-MNIST), so a skip there means the install went wrong."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and item.get_closest_marker("ci_prerequisite") and os.environ.get("CI") == "true":
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"skipped under CI, where .ci/run provides its prerequisite: {reason}"
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """A committed tiny run, pushed with its run cache to a local remote: (repo, remote). One per test module."""
+    root = make_tiny_project(tmp_path_factory.mktemp("baseline"))
+    remote = tmp_path_factory.mktemp("remote")
+    sh(root, "dvc", "remote", "add", "-d", "storage", str(remote))
+    sh(root, "dvc", "repro")
+    sh(root, *GIT, "add", "-A")
+    sh(root, *GIT, "commit", "-qm", "baseline run")
+    sh(root, "dvc", "push", "--run-cache")
+    return root, remote
+
+
+@pytest.fixture
+def clone(baseline, tmp_path):
+    root = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(baseline[0]), str(root))
+    return root
+
+
+def set_param(root, key, value):
+    """Change one dotted param in a project's params.yaml, as a user editing it would."""
+    path = root / "params.yaml"
+    params = set_dotted(yaml.safe_load(path.read_text()), {key: value})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))

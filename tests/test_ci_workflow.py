@@ -1,7 +1,6 @@
 """The GitHub Actions workflow we ship for users: valid against the workflow schema, and doing its job."""
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -84,11 +83,10 @@ def test_plain_skip():
 
 @pytest.mark.parametrize("ci, outcome", [("true", "1 failed, 1 skipped"), ("", "2 skipped")])
 def test_a_skipped_ci_prerequisite_fails_under_ci_only(tmp_path, ci, outcome):
-    """The conftest hook: where CI=true, a skip of a test whose prerequisite .ci/run installs is a failure."""
-    shutil.copy(os.path.join(REPO, "tests", "conftest.py"), tmp_path)
-    shutil.copy(os.path.join(REPO, "pytest.ini"), tmp_path)
+    """tests/ci_prerequisites.py: where CI=true, a skip of a test whose prerequisite .ci/run installs is a failure."""
     (tmp_path / "test_skips.py").write_text(SKIPPING)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-o", "addopts=", "-o", "testpaths=.",
-                             "test_skips.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "CI": ci, "PYTHONPATH": REPO})
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "ci_prerequisites", "-m", "",
+                             "-o", "markers=ci_prerequisite", "test_skips.py"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "CI": ci,
+                                                         "PYTHONPATH": os.path.join(REPO, "tests")})
     assert result.stdout.strip().splitlines()[-1].startswith(f"{'=' * 5}") and outcome in result.stdout, result.stdout

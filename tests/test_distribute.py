@@ -37,6 +37,7 @@ def train_and_evaluate(workdir, processed_dir, script=None):
     return result.stdout, json.loads((workdir / "evaluate.json").read_text())
 
 
+@pytest.mark.slow
 def test_distribute_mirrored_over_two_devices_reaches_single_device_accuracy(processed_dir, tmp_path, trained_run):
     single = json.loads(trained_run["metrics"].read_text())  # the same tiny run on one device
     workdir = tmp_path / "mirrored"
@@ -67,14 +68,7 @@ def test_distribute_picks_devices_by_what_the_machine_has(monkeypatch, choice, g
     assert strategy == expected if expected != "default" else strategy is train.tf.distribute.get_strategy()
 
 
-def test_distribute_auto_uses_one_device_without_several_gpus(processed_dir, workdir):
-    write_params(workdir, train__epochs=1, train__distribute="auto")
-    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
-                       cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    assert "train: 1 replica(s), global batch 64" in result.stdout
-
-
+@pytest.mark.slow
 def test_distribute_multi_worker_is_refused_in_one_line(processed_dir, workdir):
     write_params(workdir, train__distribute="multi_worker")
     result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
@@ -101,6 +95,7 @@ class KerasMultiWorkerBug(Exception):
     """The known failure: PerReplica values reach convert_to_tensor inside Keras 3's fit()."""
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=KerasMultiWorkerBug,
                    reason="Keras 3.15 fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)")
 def test_multi_worker_two_processes_train_one_model_together(tmp_path):

@@ -3,6 +3,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from conftest import run_stage
 from mnist_cnn.files import load_npz, write_npz
@@ -28,6 +29,7 @@ def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
     assert accuracy == json.loads(trained_run["metrics"].read_text())["accuracy"]
 
 
+@pytest.mark.slow
 def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
     result = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test.npz", "m.json", "p.csv",
                        cwd=workdir)
@@ -37,6 +39,7 @@ def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
     assert not (workdir / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
     (workdir / "model.keras").write_bytes(b"not a model")
     result = run_stage("stages.evaluate", "model.keras", processed_dir / "test.npz", "m.json", "p.csv", cwd=workdir)
@@ -45,6 +48,7 @@ def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
     assert len(lines) == 1 and lines[0].startswith("error: model.keras is not a Keras model"), lines
 
 
+@pytest.mark.slow
 def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir):
     test = load_npz(trained_run["processed"] / "test.npz")
     write_npz(workdir / "test.npz", {**test, "class_names": np.array(["a", "b", "c"])})

@@ -44,6 +44,7 @@ def predict_json(model_dir, *paths, top_k=1):
     return result, json.loads(result.stdout) if result.stdout.strip() else []
 
 
+@pytest.mark.slow
 def test_json_output_for_every_kind_of_image(model_dir, good_images):
     folder, labels = good_images
     result, out = predict_json(model_dir, folder, top_k=3)
@@ -57,6 +58,7 @@ def test_json_output_for_every_kind_of_image(model_dir, good_images):
     assert "4 images classified, 0 failed" in result.stderr and "images/s" in result.stderr
 
 
+@pytest.mark.slow
 def test_text_lines_and_arrays(model_dir, tmp_path):
     digits, _ = digit_images(5, seed=6)
     np.save(tmp_path / "digits.npy", digits[:3])
@@ -88,6 +90,7 @@ def write_bad_files(folder):
             "bomb.png": "10000x6000 pixels is over the limit of 50,000,000"}
 
 
+@pytest.mark.slow
 def test_bad_files_are_one_line_each_and_good_ones_still_classified(model_dir, good_images):
     folder, _ = good_images
     expected = write_bad_files(folder)
@@ -104,6 +107,7 @@ def test_bad_files_are_one_line_each_and_good_ones_still_classified(model_dir, g
     assert "4 images classified, 8 failed" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
     result = run_stage("mnist_cnn.predict", "--model", tmp_path / "none.keras", good_images[0], cwd=tmp_path)
     assert result.returncode == 1
@@ -111,6 +115,7 @@ def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
         f"error: {tmp_path}/none.keras not found: run `dvc repro` to train the model"]
 
 
+@pytest.mark.slow
 def test_file_that_is_not_a_keras_model(tmp_path, good_images):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
     result = run_stage("mnist_cnn.predict", "--model", tmp_path / "model.keras", good_images[0], cwd=tmp_path)

@@ -14,6 +14,7 @@ from stages import train
 DEFAULTS = load_params(f"{REPO}/params.yaml")
 
 
+@pytest.mark.slow
 def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, workdir):
     augment = {"model__augment__rotation": 10, "model__augment__shift": 0.1, "train__epochs": 2}
     on, _ = train_once(processed_dir, workdir, **augment)
@@ -22,6 +23,7 @@ def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, wor
     assert json.loads(log)["step"] == 1  # both epochs ran
 
 
+@pytest.mark.slow
 def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir):
     write_params(workdir, model__augment__zoom=0.1, model__augment__off_last_epochs=10)
     result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
@@ -57,6 +59,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert train.learning_rate({**params, "schedule": "constant"}, 1000) == 0.004
 
 
+@pytest.mark.slow
 def test_impossible_network_is_a_user_error(processed_dir, workdir):
     write_params(workdir, model__conv_filters=[8, 8, 8, 8], model__pool_size=3)
     result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
@@ -88,6 +91,7 @@ def train_once(processed_dir, directory, **overrides):
     return weights, (directory / "log" / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_same_params_give_identical_weights_and_metrics(processed_dir, workdir):
     first = train_once(processed_dir, workdir)
     second = train_once(processed_dir, workdir)
@@ -103,6 +107,7 @@ def test_same_params_give_identical_weights_and_metrics(processed_dir, workdir):
         assert not all(np.array_equal(a, b) for a, b in zip(first[0], other[0])), overrides
 
 
+@pytest.mark.slow
 def test_speed_knobs_do_not_change_the_results(processed_dir, workdir):
     """steps_per_execution and val_batch_size change how fast, not what is learnt."""
     first = train_once(processed_dir, workdir, train__batch_size=8)
@@ -115,6 +120,7 @@ def test_speed_knobs_do_not_change_the_results(processed_dir, workdir):
     assert other_log["eval"]["loss"] == pytest.approx(first_log["eval"]["loss"], rel=1e-5)  # summed in another order
 
 
+@pytest.mark.slow
 def test_missing_training_data_is_one_line(workdir):
     result = run_stage("stages.train", "nope/train.npz", "nope/val.npz", "m.keras", "log", cwd=workdir)
     assert result.returncode == 1
@@ -146,6 +152,7 @@ def interrupt_training(processed_dir, workdir, signal_number, started_ignoring_s
     return process.returncode, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number, started_ignoring_sigint", [
     (signal.SIGINT, False), (signal.SIGTERM, False),
     (signal.SIGINT, True),  # as a background job of a script starts: Python alone would ignore Ctrl-C
@@ -160,8 +167,10 @@ def test_interrupted_training_leaves_the_previous_model(processed_dir, workdir, 
     assert (previous_model / "model.keras").read_bytes() == b"previous model"
 
 
+@pytest.mark.slow
 @pytest.mark.ci_prerequisite
 def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workdir):
+    write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "size=1m") as models:
         (models / "model.keras").write_bytes(b"previous model")
         result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
@@ -173,8 +182,10 @@ def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workd
         assert (models / "model.keras").read_bytes() == b"previous model"
 
 
+@pytest.mark.slow
 @pytest.mark.ci_prerequisite
 def test_read_only_output_folder_is_one_line(processed_dir, workdir):
+    write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "ro", "size=1m") as models:
         result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
                            "models/model.keras", "log", cwd=workdir)

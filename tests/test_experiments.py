@@ -1,0 +1,76 @@
+"""The DVC workflows for comparing runs, for real: branches, experiments, presets and the queue.
+
+Each test works in its own `git clone` of a committed, pushed tiny run (conftest's baseline fixture).
+"""
+import json
+import os
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import GIT, REPO, set_param, sh, stages_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_branch_comparison_diffs_metrics_params_and_plots(clone):
+    sh(clone, "dvc", "pull")
+    sh(clone, *GIT, "checkout", "-q", "-b", "more-epochs")
+    set_param(clone, "train.epochs", 2)
+    assert stages_run(sh(clone, "dvc", "repro").stdout) == ["train", "evaluate", "plot"]
+    sh(clone, *GIT, "commit", "-qam", "two epochs")
+
+    params = json.loads(sh(clone, "dvc", "params", "diff", "main", "--json").stdout)
+    assert params["params.yaml"] == {"train.epochs": {"old": 1, "new": 2, "diff": 1}}
+    metrics = json.loads(sh(clone, "dvc", "metrics", "diff", "main", "--json").stdout)
+    evaluate = metrics["metrics/evaluate.json"]
+    assert {"old", "new", "diff"} <= set(evaluate["loss"])
+    assert evaluate["loss"]["old"] != evaluate["loss"]["new"]
+    assert metrics["metrics/train/metrics.json"]["step"] == {"old": 0, "new": 1, "diff": 1}
+    table = sh(clone, "dvc", "metrics", "diff", "main", "--md").stdout
+    assert "| metrics/evaluate.json" in table and "loss" in table
+
+    sh(clone, "dvc", "plots", "diff", "main", "-o", "compare")
+    page = (clone / "compare" / "index.html").read_text()
+    assert "main" in page and "workspace" in page and "Confusion matrix" in page
+
+
+# best trains 12 epochs; here 4 (still more than its 3 unaugmented ones): the test is about DVC taking the preset
+SHORTER = {"best": {"train.epochs": 4}}
+
+
+def preset_options(name):
+    """docs, "Presets": the -S options of `python -m tools.preset NAME`, split as the shell splits them."""
+    options = sh(REPO, sys.executable, "-m", "tools.preset", name).stdout.split()
+    return options + [word for key, value in SHORTER.get(name, {}).items() for word in ("-S", f"{key}={value}")]
+
+
+def test_presets_queued_as_experiments_all_complete_with_their_params(clone):
+    """dvc exp run --queue -n NAME $(python -m tools.preset NAME) for both presets, then dvc queue start."""
+    sh(clone, "dvc", "pull")
+    for name in ("fast", "best"):
+        sh(clone, "dvc", "exp", "run", "--queue", "-n", name, *preset_options(name))
+    sh(clone, "dvc", "queue", "start", "--jobs", "1")
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        status = sh(clone, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
+    experiments = {exp["name"]: exp for commit in shown for exp in commit.get("experiments") or []}
+    for name in ("fast", "best"):
+        with open(os.path.join(REPO, "presets", f"{name}.yaml")) as f:
+            wanted = {**yaml.safe_load(f), **SHORTER.get(name, {})}
+        data = experiments[name]["revs"][0]["data"]
+        for key, value in wanted.items():
+            node = data["params"]["params.yaml"]["data"]
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, (name, key)
+        assert 0 <= data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1, name
+    table = sh(clone, "dvc", "exp", "show", "--md").stdout
+    assert "fast" in table and "best" in table and "train.epochs" in table and "accuracy" in table
