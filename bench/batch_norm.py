@@ -6,7 +6,7 @@ Trains three versions of the notebook's network on random 28x28 images, batch 12
 alternating them round by round (shared machines are noisy) and quoting each one's median: no batch
 normalisation, `model.batch_norm: true` with Keras' BatchNormalization, and the same with the train
 stage's FusedBatchNormalization (TensorFlow's fused kernel). Writes bench/results/batch_norm.json
-(README, "Presets").
+(docs/presets.md).
 """
 import argparse
 import json

@@ -1,4 +1,4 @@
-"""How fast the pipeline is against the original notebook, on this machine (README, "Speed").
+"""How fast the pipeline is against the original notebook, on this machine (docs/speed.md).
 
     python -m bench.speed [--mnist ../shared/datasets/mnist.npz] [--rounds 5] [--repro-rounds 2]
 
@@ -18,7 +18,7 @@ In one run, alternating the commands and quoting medians (shared machines are no
    bfloat16), and the presets in presets/*.yaml: training time (the median of `rounds` runs where
    one run is under a minute), validation and test accuracy.
 
-Writes bench/results/speed.json and bench/results/speed.md (the table in the README).
+Writes bench/results/speed.json and bench/results/speed.md (the table in docs/speed.md).
 """
 import argparse
 import contextlib
@@ -172,7 +172,7 @@ def markdown(result):
         lines.append("")
     lines.append(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['memory_gib']} GiB; "
                  f"Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, DVC {m['dvc']}. "
-                 f"`python bench/speed.py --rounds {result['rounds']} --repro-rounds {result['repro_rounds']}`, "
+                 f"`python -m bench.speed --rounds {result['rounds']} --repro-rounds {result['repro_rounds']}`, "
                  f"{result['date']}.")
     return "\n".join(lines) + "\n"
 

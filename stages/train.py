@@ -67,7 +67,7 @@ def distribution_strategy(choice):
     raise UserError(
         "train.distribute = multi_worker does not work with the pinned Keras 3.15: Keras 3's fit() "
         "fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Use mirrored (all GPUs of one "
-        "machine) and see README, \"Scaling up\"")
+        "machine) and see docs/scaling.md")
 
 
 def seed_everything(seed):

@@ -1,10 +1,10 @@
-"""Compare a fresh run's test metrics with the committed ones, within the tolerance of docs and README.
+"""Compare a fresh run's test metrics with the committed ones, within the measured tolerance.
 
-    python tools/check_reproduction.py                      # metrics/evaluate.json against HEAD's
-    python tools/check_reproduction.py --baseline main --accuracy-tolerance 0.005
+    python -m tools.check_reproduction                   # metrics/evaluate.json against HEAD's
+    python -m tools.check_reproduction --baseline main --accuracy-tolerance 0.005
 
 Exits 0 when test accuracy and loss are within tolerance of the baseline, 1 when not, 2 when a file
-is missing. The default tolerances are measured: README, "Reproducing results".
+is missing. The default tolerances are measured: docs/reproducing.md.
 """
 import argparse
 import json
