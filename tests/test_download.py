@@ -1,4 +1,4 @@
-"""The download stage: sources in order, content verification, HTTP faults, canonical output."""
+"""The download stage and its sources (mnist_cnn/sources.py, image_folders.py): order, verification, HTTP faults."""
 import dataclasses
 import gzip
 import hashlib
@@ -14,7 +14,7 @@ from conftest import REAL_MNIST, image_folder, needs_real_mnist, run_stage, tiny
 from mnist_cnn.datasets import DATASETS, IDX_FILES, array_digest
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import load_npz, write_npz
-from stages import download
+from mnist_cnn import sources
 
 FAST = {"timeout": 1, "retries": 2, "backoff": 0.01}
 
@@ -50,9 +50,9 @@ def md5(path):
 
 
 def test_parse_mirrors_keeps_urls_with_ports_whole():
-    assert download.parse_mirrors("/data/a:http://127.0.0.1:8000/m:https://x.org/p/:rel") == [
+    assert sources.parse_mirrors("/data/a:http://127.0.0.1:8000/m:https://x.org/p/:rel") == [
         "/data/a", "http://127.0.0.1:8000/m", "https://x.org/p/", "rel"]
-    assert download.parse_mirrors(None) == []
+    assert sources.parse_mirrors(None) == []
 
 
 def test_npz_and_idx_sources_give_byte_identical_output(tmp_path, arrays, spec):
@@ -60,7 +60,7 @@ def test_npz_and_idx_sources_give_byte_identical_output(tmp_path, arrays, spec):
     write_idx_files(tmp_path / "b" / "mnist", arrays)  # IDX files in a <dataset>/ subfolder
     outputs = []
     for root in ("a", "b"):
-        got = download.download(spec, [str(tmp_path / root)])
+        got = sources.download(spec, [str(tmp_path / root)])
         out = tmp_path / f"{root}.npz"
         write_npz(out, got)
         outputs.append(md5(out))
@@ -73,7 +73,7 @@ def test_wrong_content_is_skipped_with_one_line_and_next_source_used(tmp_path, a
     wrong = dict(arrays, y_test=(arrays["y_test"] + 1) % 10)
     write_keras_npz(str(tmp_path / "wrong" / "mnist.npz"), wrong)
     write_keras_npz(str(tmp_path / "right" / "mnist.npz"), arrays)
-    download.download(spec, [str(tmp_path / "empty"), str(tmp_path / "wrong"), str(tmp_path / "right")])
+    sources.download(spec, [str(tmp_path / "empty"), str(tmp_path / "wrong"), str(tmp_path / "right")])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wrong/mnist.npz" in err[0] and "y_test" in err[0] and "pinned" in err[0]
 
@@ -85,16 +85,16 @@ def test_corrupt_and_truncated_local_files_are_skipped(tmp_path, arrays, spec, c
     path = tmp_path / "truncated" / IDX_FILES["x_train"]
     path.write_bytes(path.read_bytes()[:-20])
     write_idx_files(tmp_path / "good", arrays)
-    download.download(spec, [str(tmp_path / "corrupt"), str(tmp_path / "truncated"), str(tmp_path / "good")])
+    sources.download(spec, [str(tmp_path / "corrupt"), str(tmp_path / "truncated"), str(tmp_path / "good")])
     err = capsys.readouterr().err
     assert "not a valid .npz" in err and "train-images-idx3-ubyte.gz is not a valid .gz" in err
 
 
 def test_keras_cache_is_a_source(tmp_path, arrays, spec, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    write_keras_npz(os.path.join(download.keras_cache_dir(), "mnist.npz"), arrays)
-    assert download.keras_cache_dir() == str(tmp_path / "keras" / "datasets")
-    got = download.download(spec, [download.keras_cache_dir()])
+    write_keras_npz(os.path.join(sources.keras_cache_dir(), "mnist.npz"), arrays)
+    assert sources.keras_cache_dir() == str(tmp_path / "keras" / "datasets")
+    got = sources.download(spec, [sources.keras_cache_dir()])
     np.testing.assert_array_equal(got["x_train"], arrays["x_train"])
 
 
@@ -102,7 +102,7 @@ def test_http_mirror_right_wrong_and_missing_files(http_server, arrays, spec, ca
     write_keras_npz(str(http_server.root / "wrong" / "mnist.npz"), dict(arrays, x_test=arrays["x_test"] // 2))
     write_idx_files(http_server.root / "right" / "mnist", arrays)
     roots = [f"{http_server.url}/missing", f"{http_server.url}/wrong", f"{http_server.url}/right"]
-    got = download.download(spec, roots, **FAST)
+    got = sources.download(spec, roots, **FAST)
     np.testing.assert_array_equal(got["x_test"], arrays["x_test"])
     err = capsys.readouterr().err
     assert "missing/mnist.npz: HTTP 404" in err
@@ -112,14 +112,14 @@ def test_http_mirror_right_wrong_and_missing_files(http_server, arrays, spec, ca
 def test_http_half_sent_file_is_retried_then_skipped(http_server, arrays, spec, capsys):
     write_keras_npz(str(http_server.root / "m" / "mnist.npz"), arrays)
     shutil.copytree(http_server.root / "m", http_server.root / "good")
-    got = download.download(spec, [f"{http_server.url}/half/m", f"{http_server.url}/good"], **FAST)
+    got = sources.download(spec, [f"{http_server.url}/half/m", f"{http_server.url}/good"], **FAST)
     assert got["x_train"].shape == (60, 28, 28)
     assert "connection broke off (IncompleteRead), after 2 tries" in capsys.readouterr().err
 
 
 def test_stalled_server_times_out(http_server, arrays, spec, capsys):
     write_idx_files(http_server.root / "good", arrays)
-    got = download.download(spec, [f"{http_server.url}/stall", f"{http_server.url}/good"],
+    got = sources.download(spec, [f"{http_server.url}/stall", f"{http_server.url}/good"],
                             timeout=0.5, retries=1, backoff=0)
     assert got["y_train"].shape == (60,)
     assert "stall/mnist.npz: no data for 0.5 s (timed out)" in capsys.readouterr().err
@@ -130,7 +130,7 @@ def test_refused_connection_then_all_sources_fail(tmp_path, spec):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(UserError) as error:
-        download.download(spec, [f"http://127.0.0.1:{port}", str(tmp_path)], **FAST)
+        sources.download(spec, [f"http://127.0.0.1:{port}", str(tmp_path)], **FAST)
     message = str(error.value)
     assert "cannot connect" in message and "Connection refused" in message
     assert "set DATASET_MIRRORS" in message and "\n" not in message

@@ -1,0 +1,60 @@
+"""A dataset from a folder of images: one subfolder per class, each image normalised as predict does."""
+import os
+import sys
+
+import numpy as np
+
+from mnist_cnn.errors import UserError
+from mnist_cnn.images import BadImage, read_image, to_model_image
+
+
+def read_class_folders(root, class_names, folder_params):
+    """(images, labels) of root/<class>/<file> for each class; unreadable files stop or are skipped."""
+    colour = folder_params["color_mode"] == "rgb"
+    images, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(root, name)
+        files = sorted(f for f in os.listdir(folder) if not f.startswith(".")) if os.path.isdir(folder) else []
+        kept = 0
+        for file in files:
+            path = os.path.join(folder, file)
+            try:
+                pixels = to_model_image(read_image(path, colour), folder_params["image_size"], colour)
+            except BadImage as e:
+                if folder_params["bad_images"] == "stop":
+                    raise UserError(f"{path}: {e}; fix or remove it, or set data.folder.bad_images: skip")
+                print(f"download: skipped {path}: {e}", file=sys.stderr)
+                continue
+            images.append(np.round(pixels * 255).astype(np.uint8))
+            labels.append(label)
+            kept += 1
+        if kept == 0:
+            raise UserError(f"class folder {folder} has no usable images: add some, or remove the folder")
+    return np.stack(images), np.array(labels, np.int64)
+
+
+def load_folder(path, folder_params, seed):
+    """A dataset from data.path/<class>/*: the test set from data.path/test/<class>/* or a stratified split."""
+    if not os.path.isdir(path):
+        raise UserError(f"data.path = {path!r} is not a folder: make one subfolder of images per class")
+    class_names = sorted(e.name for e in os.scandir(path) if e.is_dir() and e.name != "test"
+                         and not e.name.startswith("."))
+    if len(class_names) < 2:
+        raise UserError(f"{path} has {len(class_names)} class folder(s) {class_names}; a classifier needs "
+                               f"two or more: put each class's images in a subfolder named after it")
+    x, y = read_class_folders(path, class_names, folder_params)
+    if os.path.isdir(os.path.join(path, "test")):
+        x_test, y_test = read_class_folders(os.path.join(path, "test"), class_names, folder_params)
+    else:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=folder_params["test_split"],
+                                                   random_state=seed, stratify=y)
+        except ValueError as e:
+            raise UserError(f"{path}: too few images for data.folder.test_split = "
+                                   f"{folder_params['test_split']} in every class ({e}); add images or a test/ folder")
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    print(f"download: {len(class_names)} classes, {len(y)} training and {len(y_test)} test images from {path}")
+    return {"x_train": x, "y_train": y, "x_test": x_test, "y_test": y_test, "class_names": np.array(class_names)}
