@@ -1,6 +1,6 @@
 """Accuracy and speed of the predict command (mnist_cnn/predict.py) on the MNIST test set written out as image files.
 
-    python -m bench.predict_styles     # needs data/raw/mnist.npz and models/model.keras (dvc repro)
+    python -m bench.predict_styles     # needs data/raw/dataset.npz and models/model.keras (dvc repro)
 
 Writes the 10,000 test images as PNG files in several styles, classifies each folder with the
 predict command (one process per style, as a user would run it), and writes

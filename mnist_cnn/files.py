@@ -8,6 +8,7 @@ is byte-identical whenever and wherever it is written, and so is its hash in dvc
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 
@@ -40,6 +41,31 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds.
+
+    For an output that is a folder of files (DVCLive's training log): an interrupted or failed run
+    leaves the previous folder exactly as it was.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
+            os.replace(path, os.path.join(old, "previous"))
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
 
 
 def fixed_zip_member(name, compress_type=zipfile.ZIP_STORED):
@@ -86,7 +112,8 @@ def load_npz(path, stage_hint="dvc repro"):
 
 
 def write_json(path, data):
+    """Strict JSON (no NaN or Infinity, which JSON parsers refuse), written atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
+            json.dump(data, f, indent=2, allow_nan=False)
             f.write("\n")

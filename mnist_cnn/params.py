@@ -3,6 +3,8 @@
 Every stage calls load_params() before it does anything, so a wrong value anywhere in the file stops
 the first stage that runs with one line naming the key, the value and the rule.
 """
+import math
+
 import yaml
 
 from mnist_cnn.errors import UserError
@@ -22,6 +24,8 @@ def _number(low=None, high=None, integer=False, low_open=False, high_open=False,
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             return "an integer" if integer else "a number"
+        if not math.isfinite(value):  # .nan, .inf: YAML floats that no knob can use
+            return "a finite number"
         if low is not None and (value <= low if low_open else value < low):
             return f"{'>' if low_open else '>='} {low}"
         if high is not None and (value >= high if high_open else value > high):
@@ -47,15 +51,16 @@ def _int_list(length=None, low=1):
     return check
 
 
-def _optional_str(value):
-    return None if value is None or (isinstance(value, str) and value) else "a path or null"
+def _path(value):
+    """A non-empty path: DVC tracks data.path as a dependency, so it can't be null."""
+    return None if isinstance(value, str) and value.strip() else "a path (a non-empty string)"
 
 
 # Every key of params.yaml with what it may hold. One place: each stage validates what it reads here.
 PARAMS_SCHEMA = {
     "seed": _number(0, 2**32 - 1, integer=True),
     "data.dataset": _choice(*PUBLISHED_DATASETS, FOLDER, CUSTOM_NPZ),
-    "data.path": _optional_str,
+    "data.path": _path,
     "data.folder.image_size": _number(8, 512, integer=True),
     "data.folder.color_mode": _choice("grayscale", "rgb"),
     "data.folder.test_split": _number(0, 1, low_open=True, high_open=True),
@@ -94,13 +99,32 @@ PARAMS_SCHEMA = {
 }
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key '{key}' is given twice (again on line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path=PARAMS_FILE):
     """Read params.yaml and check every key against PARAMS_SCHEMA; return the nested dict."""
     try:
         with open(path) as f:
-            params = yaml.safe_load(f)
+            params = yaml.load(f, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise UserError(f"{path} not found: run the stages from the repository root (dvc repro does)")
+    except _DuplicateKey as e:
+        raise UserError(f"{path}: {e}; keep one of them")
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the syntax")
     if not isinstance(params, dict):
@@ -115,9 +139,6 @@ def load_params(path=PARAMS_FILE):
         problem = check(flat[key])
         if problem:
             raise UserError(f"{path}: {key} = {flat[key]!r} is not allowed; it must be {problem}")
-    if flat["data.dataset"] in (CUSTOM_NPZ, FOLDER) and flat["data.path"] is None:
-        raise UserError(f"{path}: data.dataset = {flat['data.dataset']!r} needs data.path set to your "
-                        f"{'.npz file' if flat['data.dataset'] == CUSTOM_NPZ else 'image folder'}")
     return params
 
 

@@ -2,6 +2,7 @@
 
 Every stage ends with `run(main)`.
 """
+import ctypes
 import errno
 import os
 import signal
@@ -21,6 +22,29 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+INTERRUPTED = ("interrupted: this run wrote none of its outputs. Under `dvc repro`, DVC set the previous outputs "
+               "aside before the stage started: `dvc checkout` brings back the cached ones (data, model) and "
+               "`git checkout metrics plots` the committed metrics and plots; run the stage without DVC and "
+               "they were never touched")
+
+
+def die_with_parent():
+    """Ask Linux to send this process SIGTERM when its parent (dvc repro, or a shell) dies.
+
+    Without it, a stage whose `dvc repro` was killed carries on as an orphan and writes its outputs
+    after DVC has gone. Elsewhere there is no such call, and nothing is done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call: stop now, as the signal would have made us
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run(main):
     """Run a stage's main(argv): user errors become one line on stderr and exit status 1.
 
@@ -33,6 +57,7 @@ def run(main):
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, _interrupt)
     try:
+        die_with_parent()
         main(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -44,8 +69,7 @@ def run(main):
               f"the stage again", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted: outputs from before this run are left as they were "
-              "(under dvc repro, DVC keeps them in its cache: `dvc checkout` brings them back)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
 
 

@@ -1,4 +1,4 @@
-"""Stage download: fetch the dataset named by data.dataset, verify its content, write data/raw/<dataset>.npz.
+"""Stage download: fetch the dataset named by data.dataset, verify its content, write data/raw/dataset.npz.
 
 mnist and fashion_mnist come from the first good source (mnist_cnn/sources.py: DATASET_MIRRORS,
 Keras' cache, system folders, the official URLs), verified against pinned digests. folder: the images

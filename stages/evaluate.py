@@ -59,6 +59,9 @@ def main(argv):
 
     batch_size = params["evaluate"]["batch_size"]
     probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    if not np.isfinite(probabilities).all():
+        raise UserError(f"{args.model} gives NaN or infinite probabilities (its weights are broken): "
+                        f"run `dvc repro --force train` to retrain it")
     y_pred = probabilities.argmax(axis=1)
     loss = keras.losses.categorical_crossentropy(one_hot(y_test, len(class_names)), probabilities)
     macro, per_class = class_report(y_test, y_pred, class_names)

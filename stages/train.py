@@ -17,12 +17,24 @@ from dvclive import Live  # noqa: E402
 from dvclive.keras import DVCLiveCallback  # noqa: E402
 
 from mnist_cnn.errors import UserError  # noqa: E402
-from mnist_cnn.files import write_json  # noqa: E402
+from mnist_cnn.files import atomic_dir, write_json  # noqa: E402
 from mnist_cnn.machine import cpu_has_bf16  # noqa: E402
 from mnist_cnn.model_files import save_model  # noqa: E402
 from mnist_cnn.network import AugmentationOff, augments, build_model, inference_model  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
 from mnist_cnn.prepare import one_hot, read_split  # noqa: E402
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """A loss that turns NaN or infinite ends the stage with one line, before a broken model is saved."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise UserError(f"the training {'validation ' if key == 'val_loss' else ''}loss became {float(value)} "
+                                f"in epoch {epoch + 1}; no model was saved. Lower train.learning_rate (or use "
+                                f"train.schedule: cosine with a warm-up) and run again")
 
 
 def resolve_precision(choice):
@@ -122,27 +134,29 @@ def main(argv):
           f"precision {precision}")
     model.summary(print_fn=lambda line, **_: print(line))
 
-    callbacks = [DVCLiveCallback(live=Live(args.log_dir, dvcyaml=False, save_dvc_exp=False))]
-    if off:
-        callbacks.append(AugmentationOff(train["epochs"] - off))
-        print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
-    start = time.perf_counter()
-    model.fit(
-        x_train,
-        y_train,
-        batch_size=train["batch_size"],
-        epochs=train["epochs"],
-        validation_data=(x_val, y_val),
-        validation_batch_size=train["val_batch_size"],
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    seconds = time.perf_counter() - start
-    print(f"train: fit took {seconds:.1f} s, {train['epochs'] * len(x_train) / seconds:.0f} training images/s "
-          f"(validation included)")
-    save_model(inference_model(model), args.model)
-    write_json(os.path.join(os.path.dirname(args.model), "classes.json"), class_names)
+    # DVCLive logs into a temporary folder that replaces log_dir only when training completes
+    with atomic_dir(args.log_dir) as log_dir:
+        callbacks = [DVCLiveCallback(live=Live(log_dir, dvcyaml=False, save_dvc_exp=False)), StopOnNonFiniteLoss()]
+        if off:
+            callbacks.append(AugmentationOff(train["epochs"] - off))
+            print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
+        start = time.perf_counter()
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=train["batch_size"],
+            epochs=train["epochs"],
+            validation_data=(x_val, y_val),
+            validation_batch_size=train["val_batch_size"],
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        seconds = time.perf_counter() - start
+        print(f"train: fit took {seconds:.1f} s, {train['epochs'] * len(x_train) / seconds:.0f} training images/s "
+              f"(validation included)")
+        save_model(inference_model(model), args.model)  # before the log lands: no log without its model
+        write_json(os.path.join(os.path.dirname(args.model), "classes.json"), class_names)
     print(f"train: saved {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB)")
 
 

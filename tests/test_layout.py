@@ -53,3 +53,10 @@ def test_the_check_command_prints_the_closures_and_passes():
     result = subprocess.run([sys.executable, "-m", "tools.stage_deps"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     assert result.stdout.splitlines()[0].startswith("download: mnist_cnn/datasets.py ")
+
+
+def test_no_cmd_interpolates_a_param():
+    """DVC runs each cmd in a shell: a value a user types (data.dataset: "x; rm -rf ~") must never reach one."""
+    with open(os.path.join(REPO, "dvc.yaml")) as f:
+        stages = yaml.safe_load(f)["stages"]
+    assert {name: stage["cmd"] for name, stage in stages.items() if "${" in stage["cmd"]} == {}

@@ -1,5 +1,6 @@
 """params.yaml: the schema, one-line errors for bad values, and the presets."""
 import os
+import re
 import subprocess
 import sys
 
@@ -62,11 +63,16 @@ def test_schema_names_every_dataset_of_the_registry():
     ("data__dataset", "cifar", "data.dataset = 'cifar' is not allowed; it must be one of mnist, fashion_mnist, folder, npz"),
     ("model__conv_filters", [], "model.conv_filters = [] is not allowed; it must be a non-empty list"),
     ("train__learning_rate", "fast", "train.learning_rate = 'fast' is not allowed; it must be a number"),
+    ("data__val_split", float("nan"), "data.val_split = nan is not allowed; it must be a finite number"),
+    ("train__learning_rate", float("nan"), "train.learning_rate = nan is not allowed; it must be a finite number"),
+    ("train__learning_rate", float("inf"), "train.learning_rate = inf is not allowed; it must be a finite number"),
+    ("model__augment__rotation", float("-inf"), "model.augment.rotation = -inf is not allowed; it must be a finite"),
+    ("data__path", None, "data.path = None is not allowed; it must be a path (a non-empty string)"),
+    ("data__path", "", "data.path = '' is not allowed; it must be a path (a non-empty string)"),
 ])
 def test_bad_param_is_one_line_naming_key_value_and_rule(workdir, key, value, expected):
     write_params(workdir, **{key: value})
-    with pytest.raises(UserError, match="^params.yaml: " + expected.replace("[", r"\[").replace(
-            "]", r"\]").replace(".", r"\.")):
+    with pytest.raises(UserError, match="^" + re.escape("params.yaml: " + expected)):
         load_params()
 
 
@@ -80,6 +86,23 @@ def test_unknown_and_missing_keys_are_reported(workdir):
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(UserError, match="missing key 'train.epochs'"):
         load_params()
+
+
+def test_a_key_given_twice_is_one_line(workdir):
+    text = (workdir / "params.yaml").read_text().replace("  epochs: 10\n", "  epochs: 10\n  epochs: 3\n", 1)
+    (workdir / "params.yaml").write_text(text)
+    line = text.splitlines().index("  epochs: 3") + 1
+    with pytest.raises(UserError) as error:
+        load_params()
+    assert str(error.value) == f"params.yaml: key 'epochs' is given twice (again on line {line}); keep one of them"
+
+
+def test_every_number_in_the_schema_refuses_nan_and_infinity():
+    numbers = [key for key, check in PARAMS_SCHEMA.items() if check("x") in ("a number", "an integer")]
+    assert len(numbers) >= 25
+    for key in numbers:
+        for value in (float("nan"), float("inf"), float("-inf")):
+            assert PARAMS_SCHEMA[key](value) is not None, (key, value)
 
 
 def test_stage_reports_bad_param_in_one_line_without_traceback(workdir):

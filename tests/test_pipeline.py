@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -39,7 +40,6 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
         for section in ("outs", "metrics"):
             for out in stage.get(section, []):
                 path = next(iter(out)) if isinstance(out, dict) else out
-                path = path.replace("${data.dataset}", "npz")
                 assert (root / path).exists(), path
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
@@ -120,16 +120,67 @@ def test_editing_the_network_reruns_train_evaluate_and_plot(project):
     assert stages_run(output) == ["train", "evaluate", "plot"]  # not download, not preprocess
 
 
+def test_a_hostile_param_value_runs_nothing(project):
+    root, _ = project
+    for key, value in (("data__dataset", "npz; touch pwned #"), ("data__path", "$(touch pwned)")):
+        write_params(root, **{**TINY_PARAMS, key: value})
+        result = conftest.sh(root, "dvc", "repro", check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert not (root / "pwned").exists(), key
+    write_params(root, **{**TINY_PARAMS, "data__dataset": "npz; touch pwned #"})
+    result = conftest.sh(root, "dvc", "repro", check=False)
+    assert "error: params.yaml: data.dataset = 'npz; touch pwned #' is not allowed; it must be one of" in result.stderr
+    write_params(root, **TINY_PARAMS)
+    assert stages_run(sh(root, "dvc", "repro")) == []
+
+
+def stage_processes(root, module):
+    """PIDs of the processes running `python -m module` in root."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if module.encode() in command and os.readlink(f"/proc/{pid}/cwd") == str(root):
+                found.append(int(pid))
+        except OSError:  # the process ended meanwhile
+            continue
+    return found
+
+
+def test_killing_dvc_stops_the_stage_it_runs(project):
+    """SIGTERM to DVC's process alone: its stage must not train on as an orphan and write outputs later."""
+    root, _ = project
+    model = (root / "models" / "model.keras").read_bytes()
+    write_params(root, **{**TINY_PARAMS, "train__epochs": 300, "train__batch_size": 4})
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for_line(process, "Epoch 2/")
+    stages = stage_processes(root, "stages.train")
+    assert stages, "no train stage found"
+    process.send_signal(signal.SIGTERM)  # to DVC only, not to its process group
+    process.communicate(timeout=60)
+    deadline = time.time() + 30
+    while stage_processes(root, "stages.train") and time.time() < deadline:
+        time.sleep(0.5)
+    assert stage_processes(root, "stages.train") == []
+    assert not (root / "models" / "model.keras").exists() or (root / "models" / "model.keras").read_bytes() == model
+    write_params(root, **TINY_PARAMS)
+    sh(root, "dvc", "checkout")
+    assert stages_run(sh(root, "dvc", "repro")) == []
+
+
 def test_download_failure_keeps_the_last_good_raw_data(project):
     root, _ = project
-    raw = (root / "data" / "raw" / "npz.npz").read_bytes()
+    raw = (root / "data" / "raw" / "dataset.npz").read_bytes()
     (root / "broken.npz").write_bytes(b"PK\x03\x04 half a file")
     write_params(root, **{**TINY_PARAMS, "data__path": "broken.npz"})
     result = conftest.sh(root, "dvc", "repro", check=False)
     assert result.returncode != 0
     assert "error: data.path: broken.npz is not a valid .npz file" in result.stderr
     assert "Traceback" not in result.stderr
-    assert (root / "data" / "raw" / "npz.npz").read_bytes() == raw  # persist: the last good data stays
+    assert (root / "data" / "raw" / "dataset.npz").read_bytes() == raw  # persist: the last good data stays
     (root / "broken.npz").unlink()
     write_params(root, **TINY_PARAMS)
     assert stages_run(sh(root, "dvc", "repro")) == []

@@ -137,6 +137,22 @@ def previous_model(workdir):
     return models
 
 
+@pytest.fixture
+def previous_log(workdir):
+    """The 'previous run' training log (DVCLive's folder), to be left exactly as it was by a failed run."""
+    log = workdir / "log"
+    (log / "plots" / "metrics" / "train").mkdir(parents=True)
+    (log / "metrics.json").write_text('{"step": 9}\n')
+    (log / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n0\t0.5\n")
+    return log
+
+
+def tree(folder):
+    """Every file under folder with its bytes."""
+    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+            for root, _, files in os.walk(folder) for name in files}
+
+
 def ignore_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -157,14 +173,30 @@ def interrupt_training(processed_dir, workdir, signal_number, started_ignoring_s
     (signal.SIGINT, False), (signal.SIGTERM, False),
     (signal.SIGINT, True),  # as a background job of a script starts: Python alone would ignore Ctrl-C
 ])
-def test_interrupted_training_leaves_the_previous_model(processed_dir, workdir, previous_model, signal_number,
-                                                        started_ignoring_sigint):
+def test_interrupted_training_leaves_the_previous_model_and_log(processed_dir, workdir, previous_model, previous_log,
+                                                                signal_number, started_ignoring_sigint):
+    log_before = tree(previous_log)
     returncode, stderr = interrupt_training(processed_dir, workdir, signal_number, started_ignoring_sigint)
     assert returncode == 130
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("interrupted: outputs from before this run are left as they were"), lines
+    assert len(lines) == 1 and lines[0].startswith("interrupted: this run wrote none of its outputs"), lines
+    assert "`dvc checkout`" in lines[0] and "`git checkout metrics plots`" in lines[0]
     assert os.listdir(previous_model) == ["model.keras"]
     assert (previous_model / "model.keras").read_bytes() == b"previous model"
+    assert tree(previous_log) == log_before  # not the interrupted run's first epochs
+    assert sorted(os.listdir(workdir)) == ["log", "models", "params.yaml"]  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_a_loss_that_turns_non_finite_stops_training_without_a_model(processed_dir, workdir, previous_log):
+    log_before = tree(previous_log)
+    write_params(workdir, train__epochs=3, train__learning_rate=1e30)
+    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "models/model.keras",
+                       "log", cwd=workdir)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the training loss became nan in epoch 1"), lines
+    assert not (workdir / "models").exists() and tree(previous_log) == log_before
 
 
 @pytest.mark.slow
