@@ -9,16 +9,19 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 from mnist_cnn.errors import UserError
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip file can hold
-# What np.load and the zip format raise for a missing, truncated, corrupt or pickled file
-NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+# What np.load and the zip format raise for a missing, truncated, corrupt or pickled file (zlib.error: a
+# damaged deflate stream; struct.error: a cut header)
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, struct.error, MemoryError)
 
 
 @contextlib.contextmanager
@@ -85,6 +88,18 @@ def write_npz(path, arrays):
                     np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def check_array_header(stream, available, name):
+    """Refuse an .npy whose header claims more data than it holds, before anything is allocated: a
+    header is a few bytes, and one claiming a shape of 10^12 would make NumPy ask for terabytes."""
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream, max_header_size=10000)
+    claimed = dtype.itemsize * int(np.prod(shape, dtype=object))
+    if claimed > available - stream.tell():
+        raise ValueError(f"{name} claims shape {shape} of {dtype} ({claimed:,} bytes) but holds "
+                         f"{max(0, available - stream.tell()):,} bytes")
+
+
 def read_arrays(path, names=None):
     """Every array of an .npz file (or those in `names` that it holds), or the one array of an .npy file.
 
@@ -92,6 +107,18 @@ def read_arrays(path, names=None):
     one-line error (a failed source, a user's bad file, an unreadable image).
     """
     try:
+        with open(path, "rb") as f:
+            is_npz = f.read(4) == b"PK\x03\x04"
+        if is_npz:
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    member = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    if names is None or member in names:
+                        with archive.open(info) as stream:
+                            check_array_header(stream, info.file_size, info.filename)
+        else:
+            with open(path, "rb") as stream:
+                check_array_header(stream, os.fstat(stream.fileno()).st_size, os.path.basename(path))
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             return {None: data}

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 
 from mnist_cnn.errors import UserError
-from mnist_cnn.images import BadImage, read_image, to_model_image
+from mnist_cnn.images import BadImage, printable, read_image, to_model_image
 
 
 def read_class_folders(root, class_names, folder_params):
@@ -22,14 +22,14 @@ def read_class_folders(root, class_names, folder_params):
                 pixels = to_model_image(read_image(path, colour), folder_params["image_size"], colour)
             except BadImage as e:
                 if folder_params["bad_images"] == "stop":
-                    raise UserError(f"{path}: {e}; fix or remove it, or set data.folder.bad_images: skip")
-                print(f"download: skipped {path}: {e}", file=sys.stderr)
+                    raise UserError(f"{printable(path)}: {e}; fix or remove it, or set data.folder.bad_images: skip")
+                print(f"download: skipped {printable(path)}: {e}", file=sys.stderr)
                 continue
             images.append(np.round(pixels * 255).astype(np.uint8))
             labels.append(label)
             kept += 1
         if kept == 0:
-            raise UserError(f"class folder {folder} has no usable images: add some, or remove the folder")
+            raise UserError(f"class folder {printable(folder)} has no usable images: add some, or remove the folder")
     return np.stack(images), np.array(labels, np.int64)
 
 
@@ -39,6 +39,10 @@ def load_folder(path, folder_params, seed):
         raise UserError(f"data.path = {path!r} is not a folder: make one subfolder of images per class")
     class_names = sorted(e.name for e in os.scandir(path) if e.is_dir() and e.name != "test"
                          and not e.name.startswith("."))
+    for name in class_names:  # class names end up in metrics, plots and classes.json: text, not raw bytes
+        if printable(name) != name:
+            raise UserError(f"{printable(os.path.join(path, name))}: a class folder name that is not valid UTF-8; "
+                            f"rename the folder")
     if len(class_names) < 2:
         raise UserError(f"{path} has {len(class_names)} class folder(s) {class_names}; a classifier needs "
                                f"two or more: put each class's images in a subfolder named after it")

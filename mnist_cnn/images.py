@@ -4,11 +4,13 @@ A user's image, in a folder dataset (download) or given to predict, goes through
 to_model_image: MNIST's own recipe for grayscale (light ink on black, cropped to the ink, fitted
 into 20x20, centred by centre of mass in 28x28), or fitted and centred for colour.
 """
+import errno
 import os
+import stat
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SIZE = 28  # MNIST: 28 x 28 pixels, the digit fitted into 20 x 20 and centred by centre of mass
 INK_THRESHOLD = 0.2  # a pixel is ink when brighter than this fraction of the image's contrast
@@ -77,14 +79,69 @@ def fit_colour(pixels, size):
 
 
 def to_model_image(pixels, size=IMAGE_SIZE, colour=False):
-    """The one normalisation of every image the model sees: MNIST-style grayscale, or fitted colour."""
+    """The one normalisation of every image the model sees: MNIST-style grayscale, or fitted colour.
+
+    A colour image (H x W x 3) for a grayscale model becomes its brightness, as Pillow's convert("L")
+    computes it; a grayscale one for a colour model is repeated over the three channels.
+    """
+    pixels = np.asarray(pixels)
+    if not np.issubdtype(pixels.dtype, np.number) or np.issubdtype(pixels.dtype, np.complexfloating):
+        raise BadImage(f"pixels of type {pixels.dtype}; expected numbers")
+    if not np.isfinite(pixels).all():
+        raise BadImage("NaN or infinite pixel values")
+    if pixels.ndim == 3 and pixels.shape[2] == 3 and not colour:
+        pixels = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma
+    elif pixels.ndim == 2 and colour:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
     return fit_colour(pixels, size) if colour else mnist_style(pixels, size)
 
 
+def check_regular_file(path):
+    """BadImage unless path is, or links to, a regular file. Opening a FIFO or a device can block for
+    ever; a symbolic-link loop or a dangling link has nothing to read."""
+    try:
+        info = os.stat(path)  # follows links
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BadImage("a symbolic link loop: remove the link")
+        if os.path.islink(path):
+            raise BadImage("a dangling symbolic link (its target does not exist): remove it or restore the target")
+        if e.errno == errno.ENOENT:
+            raise BadImage("no such file or folder")
+        raise BadImage(f"cannot be read ({e.strerror})")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device")
+        raise BadImage(f"not a regular file but {kind}: remove it or move it elsewhere")
+    return info
+
+
+def printable(path):
+    """A path as it can be printed: bytes that are not UTF-8 (os.listdir keeps them as surrogates) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _high_depth(image, colour):
+    """Pixels of a 16-bit, 32-bit or float image: brightness kept exact, or for colour scaled to 0-255."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise BadImage("NaN or infinite pixel values")
+    if not colour:
+        return pixels
+    if image.mode.startswith("I;16"):
+        peak = 65535.0
+    elif image.mode == "F" and pixels.max(initial=0) <= 1:
+        peak = 1.0
+    else:
+        peak = max(255.0, float(pixels.max(initial=0)))
+    return np.repeat((np.clip(pixels, 0, None) * (255 / peak))[..., None], 3, axis=2)
+
+
 def read_image(path, colour=False):
-    """The pixels of an image file: 2-D brightness (alpha laid on white, 16-bit kept exact), or H x W x 3 RGB."""
+    """The pixels of an image file, upright as its EXIF orientation says: 2-D brightness (alpha laid on
+    white, 16-bit kept exact), or H x W x 3 RGB in 0-255 (16-bit and float images scaled to it)."""
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    if os.path.getsize(path) == 0:
+    if check_regular_file(path).st_size == 0:
         raise BadImage("empty file")
     try:
         with warnings.catch_warnings():
@@ -96,19 +153,22 @@ def read_image(path, colour=False):
                 if width < 2 or height < 2:
                     raise BadImage(f"{width}x{height} pixels is too small to hold a digit")
                 image.load()
+                image = ImageOps.exif_transpose(image)  # a phone photo stored sideways, with its orientation tag
                 if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                     rgba = image.convert("RGBA")
                     image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+                if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    return _high_depth(image, colour)
                 if colour:
                     return np.asarray(image.convert("RGB"), dtype=np.float32)
-                if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    return np.asarray(image, dtype=np.float32)
                 return np.asarray(image.convert("L"), dtype=np.float32)
     except BadImage:
         raise
+    except PermissionError:
+        raise BadImage("permission denied: make the file readable")
     except UnidentifiedImageError:
         raise BadImage("not an image file (or in a format Pillow can't read)")
     except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses to open it
         raise BadImage(f"over the limit of {MAX_PIXELS:,} pixels ({e}); scale it down")
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+    except (OSError, SyntaxError, ValueError, TypeError, MemoryError) as e:  # truncated or corrupt data
         raise BadImage(f"broken image data ({e})")

@@ -42,6 +42,16 @@ def load_model(path):
 
     try:
         return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError, AttributeError) as e:
+        # TypeError: a layer or function safe mode can't or won't rebuild (custom code, lambdas)
         raise UserError(f"{path} is not a Keras model ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
                         f"run `dvc repro --force train` to rebuild it")
+
+
+def image_input(model, path):
+    """(height, width, channels) of a model that takes images; one line for any other model."""
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[3] not in (1, 3) or None in shape[1:3]:
+        raise UserError(f"{path} takes inputs of shape {shape}, not images of (height, width, 1 or 3): "
+                        f"it is not a model this pipeline trained; run `dvc repro --force train`")
+    return shape[1:]

@@ -66,7 +66,7 @@ PARAMS_SCHEMA = {
     "data.folder.test_split": _number(0, 1, low_open=True, high_open=True),
     "data.folder.bad_images": _choice("stop", "skip"),
     "data.val_split": _number(0, 1, low_open=True, high_open=True),
-    "data.split": _choice("tail", "stratified"),
+    "data.split": _choice("auto", "tail", "stratified"),
     "data.limit": _number(1, integer=True, nullable=True),
     "model.conv_filters": _int_list(),
     "model.convs_per_block": _number(1, 8, integer=True),

@@ -18,29 +18,37 @@ import numpy as np
 
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import read_arrays
-from mnist_cnn.images import IMAGE_SUFFIXES, BadImage, read_image, to_model_image
-from mnist_cnn.model_files import load_model
+from mnist_cnn.images import IMAGE_SUFFIXES, BadImage, check_regular_file, printable, read_image, to_model_image
+from mnist_cnn.model_files import image_input, load_model
 from mnist_cnn.runner import quiet_tensorflow, run
 
 BATCH_SIZE = 512
 ARRAY_SUFFIXES = (".npy", ".npz")
 
 
-def expand(paths):
-    """Files to read, in order: folders become their image and array files, sorted by name."""
+def expand(paths, problems):
+    """Files to read, in order: folders become their image and array files, sorted by name; a folder
+    with none is added to problems."""
     for path in paths:
         if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
+            found = 0
+            for root, dirs, files in os.walk(path):  # symbolic links to folders are not followed: no loops
                 dirs.sort()
                 for name in sorted(files):
                     if name.lower().endswith(IMAGE_SUFFIXES + ARRAY_SUFFIXES):
+                        found += 1
                         yield os.path.join(root, name)
+            if not found:
+                problems.append((path, f"no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)}, "
+                                       f"{', '.join(ARRAY_SUFFIXES)})"))
         else:
             yield path
 
 
 def images_in_array_file(path):
-    """(name, image) pairs from a .npy or .npz file of images (N x H x W, or N x H x W x 1 or 3)."""
+    """(name, image) pairs from a .npy or .npz file of images: N x H x W, N x H x W x 1 or 3, one H x W
+    image, or one H x W x 3 colour image."""
+    check_regular_file(path)
     try:
         arrays = read_arrays(path).items()
     except ValueError as e:
@@ -49,7 +57,7 @@ def images_in_array_file(path):
         where = f"{path}[{key}]" if key else path
         if array.ndim == 4 and array.shape[-1] == 1:
             array = array[..., 0]
-        if array.ndim == 2:
+        if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3):  # one image, grayscale or colour
             array = array[None]
         if array.ndim not in (3, 4) or not np.issubdtype(array.dtype, np.number):
             raise BadImage(f"{where} has shape {array.shape} and dtype {array.dtype}; "
@@ -60,10 +68,8 @@ def images_in_array_file(path):
 
 def images(paths, problems, size, colour):
     """(name, model-ready image) for every readable image; unreadable ones are added to problems."""
-    for path in expand(paths):
+    for path in expand(paths, problems):
         try:
-            if not os.path.exists(path):
-                raise BadImage("no such file or folder")
             if path.lower().endswith(ARRAY_SUFFIXES):
                 for name, pixels in images_in_array_file(path):
                     try:
@@ -90,12 +96,18 @@ def batches(items, size):
 def class_names_for(model, model_path):
     """Class names the train stage saved beside the model (classes.json), else the class indices."""
     names_file = os.path.join(os.path.dirname(model_path), "classes.json")
-    if os.path.exists(names_file):
+    count = model.output_shape[-1]
+    if not os.path.exists(names_file):
+        return [str(i) for i in range(count)]
+    try:
         with open(names_file) as f:
             names = json.load(f)
-        if len(names) == model.output_shape[-1]:
-            return names
-    return [str(i) for i in range(model.output_shape[-1])]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{names_file} is not readable JSON ({e}): run `dvc repro --force train` to write it again")
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{names_file} does not hold the {count} class names of {model_path}: the two come from "
+                        f"different runs; run `dvc checkout models` or `dvc repro --force train`")
+    return names
 
 
 def main(argv):
@@ -110,11 +122,10 @@ def main(argv):
 
     quiet_tensorflow()
     model = load_model(args.model)
+    height, width, channels = image_input(model, args.model)
+    if height != width:
+        raise UserError(f"{args.model} takes {height}x{width} images; predict brings images to a square")
     class_names = class_names_for(model, args.model)
-    height, width, channels = model.input_shape[1:]
-    if height != width or channels not in (1, 3):
-        raise UserError(f"{args.model} takes inputs of shape {model.input_shape[1:]}, not square "
-                               f"grayscale or RGB images")
 
     problems, results, start = [], [], time.perf_counter()
     for batch in batches(images(args.paths, problems, height, channels == 3), BATCH_SIZE):
@@ -122,25 +133,27 @@ def main(argv):
         probabilities = model.predict(x, batch_size=BATCH_SIZE, verbose=0)
         for (name, _), p in zip(batch, probabilities):
             ranked = np.argsort(-p, kind="stable")[: args.top_k]
-            result = {"path": name, "label": class_names[ranked[0]], "probability": float(p[ranked[0]])}
+            result = {"path": printable(name), "label": class_names[ranked[0]], "probability": float(p[ranked[0]])}
             if args.top_k > 1:
                 result["top_k"] = [{"label": class_names[k], "probability": float(p[k])} for k in ranked]
             results.append(result)
             if not args.json:
                 extra = "  " + "  ".join(f"{r['label']}:{r['probability']:.3f}" for r in result["top_k"]) \
                     if args.top_k > 1 else ""
-                print(f"{name}\t{result['label']}\t{result['probability']:.4f}{extra}")
+                print(f"{printable(name)}\t{result['label']}\t{result['probability']:.4f}{extra}")
     elapsed = time.perf_counter() - start
     if args.json:
         json.dump(results, sys.stdout, indent=1)
         print()
     for name, problem in problems:
-        print(f"error: {name}: {problem}", file=sys.stderr)
+        print(f"error: {printable(name)}: {problem}", file=sys.stderr)
     rate = len(results) / elapsed if elapsed > 0 else 0.0
     print(f"predict: {len(results)} images classified, {len(problems)} failed, {rate:.0f} images/s",
           file=sys.stderr)
     if problems:
         sys.exit(1)
+    if not results:
+        raise UserError(f"no images found in {', '.join(map(printable, args.paths))}")
 
 
 if __name__ == "__main__":

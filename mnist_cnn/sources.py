@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +30,9 @@ from mnist_cnn.files import read_arrays
 TIMEOUT_S = 30  # per socket operation: a stalled server fails after this long
 RETRIES = 3
 BACKOFF_S = 1.0  # waits 1 s, then 2 s, between tries
+DEADLINE_VARIABLE = "DATASET_SOURCE_DEADLINE"  # seconds one source may take in all, retries included
+DEADLINE_S = 600.0  # its default: MNIST's 11 MB at 20 kB/s; a server that drips a byte at a time gives up here
+MAX_IDX_BYTES = 256 << 20  # an IDX file decompressing to more is refused (MNIST's largest is 47 MB)
 
 
 class SourceError(Exception):
@@ -67,22 +71,49 @@ def candidates(spec, roots):
         yield ("idx", url) if url.endswith("/") else ("npz", url)
 
 
-def fetch(url, dest, timeout=TIMEOUT_S, retries=RETRIES, backoff=BACKOFF_S):
-    """Download url to dest with a timeout, retries with exponential backoff and a progress bar."""
+def source_deadline():
+    """Seconds one source may take in all: DATASET_SOURCE_DEADLINE, else DEADLINE_S."""
+    value = os.environ.get(DEADLINE_VARIABLE, "").strip()
+    if not value:
+        return DEADLINE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise UserError(f"{DEADLINE_VARIABLE} = {value!r} is not allowed; it must be a number of seconds > 0")
+    return seconds
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+def fetch(url, dest, timeout=TIMEOUT_S, retries=RETRIES, backoff=BACKOFF_S, deadline=None):
+    """Download url to dest with a timeout per read, retries with exponential backoff, a progress bar,
+    and a total deadline (time.monotonic()) that a server sending a byte at a time can't stretch."""
+    deadline = deadline if deadline is not None else time.monotonic() + source_deadline()
     problem = "no attempt"
     for attempt in range(retries):
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded
+            with urllib.request.urlopen(url, timeout=min(timeout, left)) as response, open(dest, "wb") as out:
                 expected = response.headers.get("Content-Length")
                 expected = int(expected) if expected else None
                 with tqdm(total=expected, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
                           file=sys.stderr, disable=None, leave=False) as bar:
-                    while chunk := response.read(1 << 16):
+                    while chunk := response.read1(1 << 16):  # what has arrived: the deadline is checked often
                         out.write(chunk)
                         bar.update(len(chunk))
+                        if time.monotonic() > deadline:
+                            raise DeadlineExceeded
                 if expected is not None and out.tell() != expected:
                     raise http.client.IncompleteRead(b"", expected - out.tell())
             return
+        except DeadlineExceeded:
+            raise SourceError(f"not done after {deadline_text()} in all (set {DEADLINE_VARIABLE} to allow more)")
         except urllib.error.HTTPError as e:
             if e.code < 500:  # 404 and friends will not change on a retry
                 raise SourceError(f"HTTP {e.code} {e.reason}")
@@ -94,8 +125,12 @@ def fetch(url, dest, timeout=TIMEOUT_S, retries=RETRIES, backoff=BACKOFF_S):
         except (http.client.HTTPException, OSError) as e:
             problem = f"connection broke off ({type(e).__name__})"
         if attempt + 1 < retries:
-            time.sleep(backoff * 2**attempt)
+            time.sleep(max(0.0, min(backoff * 2**attempt, deadline - time.monotonic())))
     raise SourceError(f"{problem}, after {retries} tries")
+
+
+def deadline_text():
+    return f"{source_deadline():g} s"
 
 
 def parse_idx(data, name):
@@ -115,9 +150,12 @@ def read_idx(paths):
     for name, path in paths.items():
         try:
             with gzip.open(path, "rb") as f:
-                arrays[name] = parse_idx(f.read(), os.path.basename(path))
-        except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+                data = f.read(MAX_IDX_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as e:  # a bad header, CRC or deflate stream; gzip.BadGzipFile is an OSError
             raise SourceError(f"{os.path.basename(path)} is not a valid .gz file ({e})")
+        if len(data) > MAX_IDX_BYTES:
+            raise SourceError(f"{os.path.basename(path)} decompresses to over {MAX_IDX_BYTES >> 20} MB; not a dataset file")
+        arrays[name] = parse_idx(data, os.path.basename(path))
     return arrays
 
 
@@ -170,7 +208,8 @@ def download(spec, roots, **fetch_options):
                 if not all(os.path.isfile(p) for p in needed):
                     continue  # local folders are searched quietly: only real files are candidates
             try:
-                arrays = verify(load_candidate(kind, location, workdir, **fetch_options), spec)
+                deadline = time.monotonic() + source_deadline()  # for this source, all of its files and retries
+                arrays = verify(load_candidate(kind, location, workdir, deadline=deadline, **fetch_options), spec)
             except SourceError as e:
                 print(f"download: skipped {location}: {e}", file=sys.stderr)
                 tried.append(f"{location} ({e})")

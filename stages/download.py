@@ -19,8 +19,44 @@ from mnist_cnn.runner import run
 from mnist_cnn.sources import SourceError, download, keras_cache_dir, parse_mirrors, read_npz
 
 
+MAX_CLASSES = 1000  # a user's .npz may label up to this many classes (docs/data.md)
+
+
+def class_names_for_labels(arrays, source):
+    """The class names of a user's labels: its own class_names array, checked, or "0".."K-1".
+
+    Every check runs before anything the size of the largest label is allocated: one stray label of
+    ten million would otherwise ask for ten million classes.
+    """
+    labels = {split: np.asarray(arrays[f"y_{split}"]) for split in ("train", "test")}
+    for split, y in labels.items():
+        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+            raise UserError(f"{source}: y_{split} has dtype {y.dtype} and shape {y.shape}; expected a 1-D array of "
+                            f"integer class labels 0..K-1 (convert text labels to integers and add class_names)")
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= MAX_CLASSES):
+            raise UserError(f"{source}: y_{split} holds labels {int(y.min())}..{int(y.max())}; expected 0..K-1 with "
+                            f"K at most {MAX_CLASSES}")
+    present = np.unique(np.concatenate([y.astype(np.int64) for y in labels.values()]))
+    if len(present) < 2:
+        raise UserError(f"{source}: every label is {present.tolist()}; a classifier needs two classes or more")
+    if "class_names" not in arrays:
+        return np.array([str(c) for c in range(int(present.max()) + 1)])
+    names = np.asarray(arrays["class_names"])
+    if names.ndim != 1 or names.dtype.kind not in "UST":
+        raise UserError(f"{source}: class_names has shape {names.shape} and dtype {names.dtype}; expected a 1-D "
+                        f"array of names")
+    names = names.astype(str)
+    if len(names) <= present.max():
+        raise UserError(f"{source}: class_names has {len(names)} names but the labels go up to {int(present.max())}; "
+                        f"give one name per class 0..{int(present.max())}")
+    duplicated = sorted({name for name in names.tolist() if names.tolist().count(name) > 1})
+    if duplicated:
+        raise UserError(f"{source}: class_names repeats {', '.join(map(repr, duplicated))}; give each class its own name")
+    return names
+
+
 def load_custom(path):
-    """The user's own Keras-layout .npz (data.path): copied as it is; preprocess checks its content."""
+    """The user's own Keras-layout .npz (data.path): its arrays, labels and class names checked."""
     if not os.path.isfile(path):
         raise UserError(f"data.path = {path!r} is not a file: point it at your .npz "
                                f"with x_train, y_train, x_test, y_test")
@@ -28,8 +64,7 @@ def load_custom(path):
         arrays = read_npz(path, optional=("class_names",))  # one read of the file, names included
     except SourceError as e:
         raise UserError(f"data.path: {e}; it needs the arrays x_train, y_train, x_test, y_test")
-    if "class_names" in arrays:
-        arrays["class_names"] = arrays["class_names"].astype(str)
+    arrays["class_names"] = class_names_for_labels(arrays, path)
     return arrays
 
 
@@ -44,9 +79,6 @@ def main(argv):
         arrays = load_folder(params["path"], params["folder"], all_params["seed"])
     elif params["dataset"] == CUSTOM_NPZ:
         arrays = load_custom(params["path"])
-        labels = np.concatenate([arrays["y_train"].ravel(), arrays["y_test"].ravel()])
-        if "class_names" not in arrays and labels.size and np.issubdtype(labels.dtype, np.integer):
-            arrays["class_names"] = np.array([str(c) for c in range(int(labels.max()) + 1)])
     else:
         spec = DATASETS[params["dataset"]]
         roots = parse_mirrors(os.environ.get("DATASET_MIRRORS")) + [keras_cache_dir(), *spec.local_dirs]

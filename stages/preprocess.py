@@ -8,13 +8,14 @@ apart for the evaluate stage.
 import argparse
 import math
 import os
+import sys
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import load_npz, write_npz
-from mnist_cnn.params import load_params
+from mnist_cnn.params import PUBLISHED_DATASETS, load_params
 from mnist_cnn.prepare import with_channel_axis
 from mnist_cnn.runner import run
 
@@ -49,6 +50,30 @@ def check_raw(arrays, source):
                                    f"expected 0..{num_classes - 1} (one per class name)")
 
 
+def split_method(split, dataset):
+    """data.split: auto is the notebook's tail for the published datasets, whose order is already mixed,
+    and stratified for your own data, which is often stored class by class (a folder's always is)."""
+    if split != "auto":
+        return split
+    return "tail" if dataset in PUBLISHED_DATASETS else "stratified"
+
+
+def check_every_class_is_split(y, y_fit, y_val, class_names, method):
+    """No class may be missing from training; one missing from validation is said in one line."""
+    present = set(np.unique(y).tolist())
+    for part, labels in (("training", y_fit), ("validation", y_val)):
+        missing = sorted(present - set(np.unique(labels).tolist()))
+        if not missing:
+            continue
+        names = ", ".join(str(class_names[c]) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        fix = "set data.split: stratified" if method == "tail" else "add images of those classes"
+        if part == "training":
+            raise UserError(f"data.split = {method} leaves {len(missing)} class(es) out of the training set ({names}); "
+                            f"{fix}")
+        print(f"preprocess: warning: data.split = {method} leaves {len(missing)} class(es) out of the validation set "
+              f"({names}), so validation accuracy does not measure them; {fix}", file=sys.stderr)
+
+
 def split_train_val(x, y, val_split, method, seed):
     """Hold out val_split of the training data: its tail (as Keras' validation_split) or a stratified sample."""
     if method == "tail":
@@ -77,13 +102,14 @@ def main(argv):
     x_train, y_train = raw["x_train"], raw["y_train"]
     if data["limit"] is not None:
         x_train, y_train = x_train[: data["limit"]], y_train[: data["limit"]]
-    (x_fit, y_fit), (x_val, y_val) = split_train_val(x_train, y_train, data["val_split"], data["split"],
-                                                     params["seed"])
+    method = split_method(data["split"], data["dataset"])
+    (x_fit, y_fit), (x_val, y_val) = split_train_val(x_train, y_train, data["val_split"], method, params["seed"])
     if len(x_fit) == 0 or len(x_val) == 0:
         raise UserError(f"data.limit = {data['limit']} with data.val_split = {data['val_split']} "
-                               f"leaves an empty split; raise data.limit")
-
+                        f"leaves an empty split; raise data.limit")
     class_names = raw["class_names"]
+    check_every_class_is_split(y_train, y_fit, y_val, class_names, method)
+
     for name, x, y in (("train", x_fit, y_fit), ("val", x_val, y_val), ("test", raw["x_test"], raw["y_test"])):
         write_npz(os.path.join(args.output_dir, f"{name}.npz"),
                          {"x": with_channel_axis(x), "y": y.astype(np.int64), "class_names": class_names})
