@@ -200,6 +200,7 @@ def load_candidate(kind, location, workdir, **fetch_options):
 
 def download(spec, roots, **fetch_options):
     """Return the verified arrays of spec from the first good source; UserError if none is."""
+    source_deadline()  # a bad DATASET_SOURCE_DEADLINE is one line, whether or not a source is found
     tried = []
     with tempfile.TemporaryDirectory(prefix="download-") as workdir:
         for kind, location in candidates(spec, roots):

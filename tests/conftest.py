@@ -104,7 +104,7 @@ def processed_dir(tmp_path_factory):
 @pytest.fixture
 def http_server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1; special paths misbehave: /stall/* never answers in time,
-    /half/* sends half the file it announces."""
+    /half/* sends half the file it announces, /drip/* sends its headers, then a byte every 0.2 s."""
     root = tmp_path / "www"
     root.mkdir()
     stop = threading.Event()
@@ -113,6 +113,17 @@ def http_server(tmp_path):
         def do_GET(self):
             if self.path.startswith("/stall/"):
                 stop.wait(10)  # longer than the client's timeout in the tests
+                return
+            if self.path.startswith("/drip/"):
+                data = (root / self.path[len("/drip/"):]).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for byte in data:
+                    if stop.wait(0.2):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
                 return
             if self.path.startswith("/half/"):
                 data = (root / self.path[len("/half/"):]).read_bytes()

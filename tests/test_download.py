@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -253,3 +254,138 @@ def test_unreadable_file_stops_or_is_skipped_as_the_param_says(tmp_path):
     assert f"download: skipped {folder}/two/broken.png: not an image file" in skipped.stderr
     raw = load_npz(tmp_path / "raw.npz")
     assert len(raw["y_train"]) + len(raw["y_test"]) == 20
+
+
+# ---------------------------------------------------------------- hostile input, round two
+
+def damage(path, offset, length=8):
+    """Flip bytes at offset: inside the first compressed stream, zlib finds the deflate data invalid."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + length] = bytes(b ^ 0xFF for b in data[offset:offset + length])
+    path.write_bytes(bytes(data))
+
+
+def forged_npy_header(shape=(10**12,), dtype="<f8", payload=b"x" * 64):
+    """The bytes of an .npy file whose header claims a huge shape over a few bytes of data."""
+    import io
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + payload
+
+
+def test_damaged_compressed_sources_are_each_that_sources_failure(tmp_path, arrays, spec, capsys):
+    (tmp_path / "deflate").mkdir()
+    np.savez_compressed(tmp_path / "deflate" / "mnist.npz", **arrays)
+    damage(tmp_path / "deflate" / "mnist.npz", 60)  # x_train's deflate stream, inside the zip
+    (tmp_path / "crc").mkdir()
+    np.savez(tmp_path / "crc" / "mnist.npz", **arrays)
+    central = (tmp_path / "crc" / "mnist.npz").read_bytes().index(b"PK\x01\x02")  # the first member's entry
+    damage(tmp_path / "crc" / "mnist.npz", central + 16, 4)  # its CRC-32: the data no longer matches it
+    write_idx_files(tmp_path / "gz", arrays)
+    damage(tmp_path / "gz" / IDX_FILES["x_train"], 40)  # the deflate stream inside the gzip
+    write_idx_files(tmp_path / "good", arrays)
+    roots = [str(tmp_path / name) for name in ("deflate", "crc", "gz", "good")]
+    got = sources.download(spec, roots)
+    np.testing.assert_array_equal(got["x_train"], arrays["x_train"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "Traceback" not in "".join(err), err
+    assert "deflate/mnist.npz: mnist.npz is not a valid .npz file (Error -3 while decompressing data" in err[0]
+    assert "crc/mnist.npz: mnist.npz is not a valid .npz file (Bad CRC-32 for file" in err[1]
+    assert "train-images-idx3-ubyte.gz is not a valid .gz file (Error -3 while decompressing data" in err[2]
+
+
+def test_an_array_header_claiming_a_huge_shape_is_refused_before_allocation(tmp_path, arrays, spec, capsys):
+    import zipfile
+    (tmp_path / "forged").mkdir()
+    with zipfile.ZipFile(tmp_path / "forged" / "mnist.npz", "w") as archive:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            archive.writestr(f"{name}.npy", forged_npy_header())
+    write_idx_files(tmp_path / "good", arrays)
+    got = sources.download(spec, [str(tmp_path / "forged"), str(tmp_path / "good")])
+    assert got["y_test"].shape == (20,)
+    err = capsys.readouterr().err
+    assert "claims shape (1000000000000,) of float64 (8,000,000,000,000 bytes) but holds 64 bytes" in err
+
+
+def test_a_server_that_drips_a_byte_at_a_time_hits_the_deadline(http_server, arrays, spec, capsys, monkeypatch):
+    write_keras_npz(str(http_server.root / "m" / "mnist.npz"), arrays)
+    write_idx_files(http_server.root / "good", arrays)
+    monkeypatch.setenv("DATASET_SOURCE_DEADLINE", "1.5")
+    start = time.monotonic()
+    got = sources.download(spec, [f"{http_server.url}/drip/m", f"{http_server.url}/good"], **FAST)
+    assert got["x_train"].shape == (60, 28, 28)
+    assert time.monotonic() - start < 10  # every read came within the 1 s timeout; the deadline ended it
+    assert "drip/m/mnist.npz: not done after 1.5 s in all (set DATASET_SOURCE_DEADLINE to allow more)" in \
+        capsys.readouterr().err
+
+
+def test_a_bad_deadline_setting_is_one_line(tmp_path, monkeypatch, spec):
+    monkeypatch.setenv("DATASET_SOURCE_DEADLINE", "soon")
+    with pytest.raises(UserError, match="^DATASET_SOURCE_DEADLINE = 'soon' is not allowed; it must be a number"):
+        sources.download(spec, [str(tmp_path)])
+
+
+def run_custom(tmp_path, arrays):
+    np.savez(tmp_path / "mine.npz", **arrays)
+    write_params(tmp_path, data__dataset="npz", data__path="mine.npz")
+    return run_stage("stages.download", "raw.npz", cwd=tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: {**a, "y_train": a["y_train"].astype(np.float32) + 0.5},
+     "y_train has dtype float32 and shape (60,); expected a 1-D array of integer class labels"),
+    (lambda a: {**a, "y_train": np.where(np.arange(60) == 7, 10_000_000, a["y_train"].astype(np.int64))},
+     "y_train holds labels 0..10000000; expected 0..K-1 with K at most 1000"),
+    (lambda a: {**a, "y_train": np.zeros(60, np.uint8), "y_test": np.zeros(20, np.uint8)},
+     "every label is [0]; a classifier needs two classes or more"),
+    (lambda a: {**a, "class_names": np.array(["zero", "one"])},
+     "class_names has 2 names but the labels go up to 9; give one name per class 0..9"),
+    (lambda a: {**a, "class_names": np.array(["a", "b", "a", "c", "d", "e", "f", "g", "h", "b"])},
+     "class_names repeats 'a', 'b'; give each class its own name"),
+    (lambda a: {**a, "x_train": None},
+     "x_train.npy claims shape (1000000000000,) of float64 (8,000,000,000,000 bytes) but holds 64 bytes"),
+])
+def test_a_users_bad_labels_or_arrays_are_one_line_before_any_large_allocation(tmp_path, arrays, change, message):
+    changed = change(dict(arrays))
+    if changed["x_train"] is None:  # a forged header over a few bytes
+        import zipfile
+        with zipfile.ZipFile(tmp_path / "mine.npz", "w") as archive:
+            archive.writestr("x_train.npy", forged_npy_header())
+            for name in ("y_train", "x_test", "y_test"):
+                import io
+                buffer = io.BytesIO()
+                np.save(buffer, arrays[name])
+                archive.writestr(f"{name}.npy", buffer.getvalue())
+        write_params(tmp_path, data__dataset="npz", data__path="mine.npz")
+        result = run_stage("stages.download", "raw.npz", cwd=tmp_path)
+    else:
+        result = run_custom(tmp_path, changed)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "raw.npz").exists()
+
+
+def special_files(folder):
+    """A FIFO, a symbolic-link loop, a dangling link and a file whose name is not UTF-8, in folder."""
+    os.mkfifo(folder / "pipe.png")
+    os.symlink("loop.png", folder / "loop.png")
+    os.symlink("nowhere.png", folder / "dangling.png")
+    shutil.copy(next(folder.glob("*.png")), os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+
+
+def test_special_files_in_an_image_folder_are_skipped_or_stop_with_one_line(tmp_path):
+    folder = image_folder(tmp_path / "mine", classes=("one", "two"), per_class=10)
+    special_files(folder / "two")
+    skipped = run_folder(tmp_path, folder, data__folder__bad_images="skip")
+    assert skipped.returncode == 0, skipped.stderr
+    lines = skipped.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in skipped.stderr, lines
+    assert "two/dangling.png: a dangling symbolic link" in lines[0]
+    assert "two/loop.png: a symbolic link loop" in lines[1]
+    assert "two/pipe.png: not a regular file but a FIFO (named pipe)" in lines[2]
+    raw = load_npz(tmp_path / "raw.npz")
+    assert raw["y_train"].size + raw["y_test"].size == 21  # 20 images, and the one with a non-UTF-8 name
+    stopped = run_folder(tmp_path, folder)
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 1 and len(lines) == 1 and "dangling symbolic link" in lines[0], lines

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_stage
-from mnist_cnn.files import load_npz, write_npz
+from mnist_cnn.errors import UserError
+from mnist_cnn.files import load_npz, write_json, write_npz
 
 
 def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
@@ -57,3 +58,42 @@ def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not fit test.npz" in lines[0] and "run `dvc repro`" in lines[0], lines
     assert not (workdir / "m.json").exists()
+
+
+def evaluate_in(workdir, model, test):
+    from stages import evaluate
+    evaluate.main([str(model), str(test), str(workdir / "m.json"), str(workdir / "p.csv")])
+
+
+def test_a_model_with_broken_weights_writes_no_metrics(trained_run, workdir):
+    """NaN weights give NaN probabilities: metrics/evaluate.json would hold NaN, which is not JSON."""
+    from mnist_cnn.model_files import load_model, save_model
+    model = load_model(trained_run["model"])
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    save_model(model, workdir / "nan.keras")
+    with pytest.raises(UserError, match=r"nan.keras gives NaN or infinite probabilities \(its weights are broken\)"):
+        evaluate_in(workdir, workdir / "nan.keras", trained_run["processed"] / "test.npz")
+    assert not (workdir / "m.json").exists()
+
+
+def test_models_safe_mode_refuses_or_that_take_no_images_are_one_line(trained_run, workdir):
+    import keras
+    test = trained_run["processed"] / "test.npz"
+    lambda_model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(lambda x: x), keras.layers.Flatten(),
+                                     keras.layers.Dense(10, activation="softmax")])
+    lambda_model.save(workdir / "lambda.keras")
+    with pytest.raises(UserError, match="lambda.keras is not a Keras model"):
+        evaluate_in(workdir, workdir / "lambda.keras", test)
+    flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+    flat.save(workdir / "flat.keras")
+    with pytest.raises(UserError, match=r"flat.keras takes inputs of shape \(None, 784\), not images"):
+        evaluate_in(workdir, workdir / "flat.keras", test)
+
+
+def test_metrics_files_are_strict_json(trained_run, tmp_path):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    json.loads(trained_run["metrics"].read_text(), parse_constant=refuse)
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"loss": float("nan")})  # never written as NaN
+    assert not (tmp_path / "m.json").exists()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -171,6 +172,28 @@ def test_killing_dvc_stops_the_stage_it_runs(project):
     assert stages_run(sh(root, "dvc", "repro")) == []
 
 
+def test_a_fifo_in_the_data_folder_hangs_dvc_and_the_check_finds_it(tmp_path):
+    """DVC hashes data.path before a stage can refuse anything, and blocks for ever opening a FIFO there.
+    What the project does: tools/check_data_path names it (docs: When something goes wrong)."""
+    root = make_tiny_project(tmp_path / "fifo_project")
+    image_folder(root / "data" / "own", classes=("a", "b"), per_class=6)
+    os.mkfifo(root / "data" / "own" / "a" / "pipe.png")
+    write_params(root, **{**TINY_PARAMS, "data__dataset": "folder", "data__path": "data/own"})
+    with pytest.raises(subprocess.TimeoutExpired):  # DVC's own behaviour, documented
+        subprocess.run(["dvc", "status"], cwd=root, capture_output=True, timeout=15,
+                       env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    check = conftest.sh(root, sys.executable, "-m", "tools.check_data_path", check=False,
+                        env={"PYTHONPATH": conftest.REPO})
+    assert check.returncode == 1
+    assert check.stdout.strip().splitlines() == [
+        "data/own/a/pipe.png: not a regular file but a FIFO (named pipe): remove it or move it elsewhere; "
+        "DVC blocks on it for ever while it hashes data.path"]
+    (root / "data" / "own" / "a" / "pipe.png").unlink()
+    assert conftest.sh(root, sys.executable, "-m", "tools.check_data_path", env={"PYTHONPATH": conftest.REPO}
+                       ).stdout == ""
+    conftest.sh(root, "dvc", "status")  # answers again
+
+
 def test_download_failure_keeps_the_last_good_raw_data(project):
     root, _ = project
     raw = (root / "data" / "raw" / "dataset.npz").read_bytes()
@@ -214,6 +237,8 @@ def test_image_folder_project_end_to_end(tmp_path):
     assert stages_run(sh(root, "dvc", "repro")) == list(STAGES)
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert list(metrics["per_class"]) == ["cat", "dog", "fish"]  # class names from the folder names
+    with np.load(root / "data" / "processed" / "val.npz") as val:  # the folder is stored class by class:
+        assert set(val["y"].tolist()) == {0, 1, 2}  # data.split: auto held out every class, not the last
     assert json.loads((root / "models" / "classes.json").read_text()) == ["cat", "dog", "fish"]
     with open(root / "metrics" / "predictions.csv") as f:
         assert {row["actual"] for row in csv.DictReader(f)} == {"cat", "dog", "fish"}

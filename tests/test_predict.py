@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import digit_images, run_stage
 from mnist_cnn import predict
+from mnist_cnn.errors import UserError
 from mnist_cnn.model_files import load_model
 
 
@@ -137,3 +138,76 @@ def test_thousands_of_images_go_through_in_batches(model_dir, tmp_path, monkeypa
     assert len(out) == 1200 and calls == [512, 512, 176]
     accuracy = np.mean([int(r["label"]) == y for r, y in zip(out, labels)])
     assert accuracy > 0.5  # the tiny model recognises generated digits well above chance (0.1)
+
+
+# ---------------------------------------------------------------- hostile input, round two
+
+@pytest.mark.slow
+def test_special_files_and_odd_arrays_among_the_paths(model_dir, good_images, tmp_path):
+    """FIFOs (given directly or met in a folder), link loops, dangling links, a non-UTF-8 name, an array
+    header claiming terabytes, one RGB image as an array: one line each, the rest classified, no hang."""
+    import io
+    folder, _ = good_images
+    os.mkfifo(folder / "pipe.png")
+    os.symlink("loop.png", folder / "loop.png")
+    os.symlink("nowhere.png", folder / "dangling.png")
+    shutil.copy(folder / "b_rgba.png", os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    os.mkfifo(tmp_path / "given.png")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    (tmp_path / "huge.npy").write_bytes(header.getvalue() + b"x" * 64)
+    digit = digit_images(1, seed=9)[0][0]
+    np.save(tmp_path / "rgb.npy", np.repeat(digit[..., None], 3, axis=2))  # one H x W x 3 colour image
+    result, out = predict_json(model_dir, folder, tmp_path / "given.png", tmp_path / "huge.npy", tmp_path / "rgb.npy")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 5, errors
+    for name, message in (("dangling.png", "a dangling symbolic link"), ("loop.png", "a symbolic link loop"),
+                          ("pipe.png", "not a regular file but a FIFO (named pipe)"),
+                          ("given.png", "not a regular file but a FIFO (named pipe)"),
+                          ("huge.npy", "claims shape (1000000000000,) of float64")):
+        assert any(f"{name}: " in e and message in e for e in errors), (name, errors)
+    paths = [r["path"] for r in out]
+    assert any(p.endswith("caf\\xe9.png") for p in paths), paths  # printable, and classified
+    assert any(p.endswith("rgb.npy[0]") for p in paths)  # one image, not "0x28 pixels is too small"
+    assert len(out) == 6
+
+
+def test_a_folder_without_images_is_one_line(model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--model", str(model_dir / "model.keras"), str(tmp_path / "empty")])
+    assert exit_.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {tmp_path}/empty: no image files in this folder (looked for .png, .jpg, .jpeg, .bmp, "
+                      f".gif, .tif, .tiff, .webp, .pgm, .ppm, .pbm, .npy, .npz)"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "classes.json is not readable JSON"),
+    ('["a", "b"]', "classes.json does not hold the 10 class names of"),
+    ('{"0": "zero"}', "classes.json does not hold the 10 class names of"),
+])
+def test_a_broken_or_mismatched_classes_json_is_one_line(model_dir, good_images, content, message):
+    (model_dir / "classes.json").write_text(content)
+    with pytest.raises(UserError, match=message):
+        predict.main(["--model", str(model_dir / "model.keras"), str(good_images[0])])
+
+
+def keras_model_file(path, layers_, input_shape):
+    import keras
+    model = keras.Sequential([keras.Input(input_shape), *layers_])
+    model.save(path)
+    return path
+
+
+def test_models_safe_mode_refuses_or_that_take_no_images_are_one_line(tmp_path, good_images):
+    import keras
+    lambda_model = keras_model_file(tmp_path / "lambda.keras", [keras.layers.Flatten(),
+                                    keras.layers.Lambda(lambda x: x * 2), keras.layers.Dense(10)], (28, 28, 1))
+    flat_model = keras_model_file(tmp_path / "flat.keras", [keras.layers.Dense(10)], (784,))
+    with pytest.raises(UserError, match="lambda.keras is not a Keras model .*: run `dvc repro --force train`"):
+        predict.main(["--model", str(lambda_model), str(good_images[0])])
+    with pytest.raises(UserError, match=r"flat.keras takes inputs of shape \(None, 784\), not images of"):
+        predict.main(["--model", str(flat_model), str(good_images[0])])

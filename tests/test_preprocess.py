@@ -100,3 +100,41 @@ def test_limit_too_small_for_a_validation_split(workdir, raw):
     write_params(workdir, data__limit=1, data__val_split=0.2)
     with pytest.raises(UserError, match="leaves an empty split"):
         preprocess.main([str(raw), str(workdir / "out")])
+
+
+def class_sorted_raw(workdir, dataset):
+    """A raw file stored class by class, as a folder dataset always is."""
+    arrays = tiny_arrays(n_train=200, n_test=50)
+    order = np.argsort(arrays["y_train"], kind="stable")
+    write_npz(workdir / "raw.npz", {**arrays, "x_train": arrays["x_train"][order], "y_train": arrays["y_train"][order],
+                                    "class_names": NAMES})
+    write_params(workdir, data__dataset=dataset, data__path="mine")
+
+
+def test_auto_split_is_the_notebooks_tail_for_mnist_and_stratified_for_your_own_data(workdir):
+    class_sorted_raw(workdir, "folder")
+    preprocess.main([str(workdir / "raw.npz"), str(workdir / "out")])
+    out = outputs(workdir / "out")
+    assert set(out["train"]["y"].tolist()) == set(out["val"]["y"].tolist()) == set(range(10))
+    assert np.bincount(out["val"]["y"]).tolist() == [4] * 10  # stratified: every class held out alike
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "npz"])
+def test_a_tail_split_that_leaves_classes_out_of_training_is_one_line(workdir, dataset):
+    class_sorted_raw(workdir, dataset)
+    write_params(workdir, data__dataset=dataset, data__path="mine", data__split="tail")
+    with pytest.raises(UserError) as error:
+        preprocess.main([str(workdir / "raw.npz"), str(workdir / "out")])
+    assert str(error.value) == ("data.split = tail leaves 2 class(es) out of the training set (8, 9); "
+                                "set data.split: stratified")
+    assert not (workdir / "out").exists()
+
+
+def test_a_class_missing_from_validation_is_said_in_one_line(workdir, capsys):
+    arrays = tiny_arrays(n_train=200, n_test=50)
+    arrays["y_train"][160:][arrays["y_train"][160:] == 3] = 4  # no 3 among the last 40 (the validation set)
+    write_npz(workdir / "raw.npz", {**arrays, "class_names": NAMES})
+    preprocess.main([str(workdir / "raw.npz"), str(workdir / "out")])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "preprocess: warning: data.split = tail leaves 1 class(es) out of the validation set (3), so validation "
+        "accuracy does not measure them; set data.split: stratified"]
