@@ -105,3 +105,39 @@ def test_a_colour_image_for_a_grayscale_model_becomes_its_brightness():
         rgb = np.repeat(digit[..., None], 3, axis=2)
         np.testing.assert_allclose(to_model_image(rgb), mnist_style(digit), atol=1e-5)
         assert to_model_image(digit, colour=True).shape == (28, 28, 3)  # and the other way round
+
+
+def test_an_unreadable_file_is_one_line(tmp_path):
+    """A real EACCES: as root (the suite's and CI's user) the read happens in a child that has become nobody."""
+    import os
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="unreadable-", dir="/tmp")
+    try:
+        os.chmod(folder, 0o755)
+        path = os.path.join(folder, "locked.png")
+        Image.fromarray(seven()).save(path)
+        os.chmod(path, 0)
+        if os.geteuid() != 0:
+            with pytest.raises(BadImage) as error:
+                read_image(path)
+            message = str(error.value)
+        else:
+            reader, writer = os.pipe()
+            child = os.fork()
+            if child == 0:  # the child: drop to nobody, read, report, and leave without cleaning up
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    read_image(path)
+                    os.write(writer, b"read it")
+                except BadImage as e:
+                    os.write(writer, str(e).encode())
+                finally:
+                    os._exit(0)
+            os.close(writer)
+            message = os.read(reader, 1000).decode()
+            os.waitpid(child, 0)
+        assert message == "permission denied: make the file readable"
+    finally:
+        shutil.rmtree(folder)
