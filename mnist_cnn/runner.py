@@ -7,6 +7,8 @@ import errno
 import os
 import signal
 import sys
+import threading
+import time
 
 from mnist_cnn.errors import UserError
 
@@ -23,17 +25,55 @@ def _interrupt(signum, frame):
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SHELLS = {b"sh", b"dash", b"bash", b"zsh", b"ksh"}
 INTERRUPTED = ("interrupted: this run wrote none of its outputs. Under `dvc repro`, DVC set the previous outputs "
                "aside before the stage started: `dvc checkout` brings back the cached ones (data, model) and "
                "`git checkout metrics plots` the committed metrics and plots; run the stage without DVC and "
                "they were never touched")
 
 
-def die_with_parent():
-    """Ask Linux to send this process SIGTERM when its parent (dvc repro, or a shell) dies.
+def _stat_fields(pid):
+    """/proc/PID/stat's fields after the command name: [state, ppid, ...]; None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
-    Without it, a stage whose `dvc repro` was killed carries on as an orphan and writes its outputs
-    after DVC has gone. Elsewhere there is no such call, and nothing is done.
+
+def _watched_parent():
+    """(pid, start time) of the process this stage's life is tied to: its parent, or, when the parent is
+    the `sh -c CMD` that DVC runs each cmd in, that shell's parent (DVC itself)."""
+    pid = os.getppid()
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().split(b"\0")
+    except OSError:
+        command = []
+    if len(command) > 1 and os.path.basename(command[0]) in SHELLS and command[1] == b"-c":
+        fields = _stat_fields(pid)
+        pid = int(fields[1]) if fields else pid
+    fields = _stat_fields(pid)
+    return pid, fields[19] if fields else None  # field 22 of stat: the start time, against PID reuse
+
+
+def _watch(pid, started):
+    while True:
+        time.sleep(1)
+        fields = _stat_fields(pid)
+        if fields is None or fields[19] != started or fields[0] == "Z":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread like any `kill`
+            return
+
+
+def die_with_parent():
+    """Stop this stage (as `kill` would) when the process that started it dies: `dvc repro`, or the
+    shell DVC runs the cmd in, and DVC behind it. Without it, a stage whose `dvc repro` was killed
+    carries on as an orphan and writes its outputs after DVC has gone.
+
+    Linux sends SIGTERM when the direct parent dies (PR_SET_PDEATHSIG); when that parent is DVC's
+    `sh -c` (a shell that waits for the command rather than becoming it, as dash does), a thread
+    also watches DVC. Elsewhere there is no such call, and nothing is done.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -43,6 +83,9 @@ def die_with_parent():
         return
     if os.getppid() == 1:  # the parent died before the call: stop now, as the signal would have made us
         os.kill(os.getpid(), signal.SIGTERM)
+    pid, started = _watched_parent()
+    if pid != os.getppid() and started is not None:
+        threading.Thread(target=_watch, args=(pid, started), daemon=True, name="watch-dvc").start()
 
 
 def run(main):

@@ -148,13 +148,14 @@ def stage_processes(root, module):
     return found
 
 
-def test_killing_dvc_stops_the_stage_it_runs(project):
+@pytest.mark.parametrize("shell", ["/bin/bash", "/bin/sh"])  # DVC runs cmd in $SHELL; dash waits, bash execs
+def test_killing_dvc_stops_the_stage_it_runs(project, shell):
     """SIGTERM to DVC's process alone: its stage must not train on as an orphan and write outputs later."""
     root, _ = project
     model = (root / "models" / "model.keras").read_bytes()
     write_params(root, **{**TINY_PARAMS, "train__epochs": 300, "train__batch_size": 4})
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "SHELL": shell}
     process = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     wait_for_line(process, "Epoch 2/")
