@@ -181,7 +181,7 @@ def test_a_fifo_in_the_data_folder_hangs_dvc_and_the_check_finds_it(tmp_path):
     os.mkfifo(root / "data" / "own" / "a" / "pipe.png")
     write_params(root, **{**TINY_PARAMS, "data__dataset": "folder", "data__path": "data/own"})
     with pytest.raises(subprocess.TimeoutExpired):  # DVC's own behaviour, documented
-        subprocess.run(["dvc", "status"], cwd=root, capture_output=True, timeout=8,
+        subprocess.run(["dvc", "status"], cwd=root, capture_output=True, timeout=5,
                        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
     check = conftest.sh(root, sys.executable, "-m", "tools.check_data_path", check=False,
                         env={"PYTHONPATH": conftest.REPO})
