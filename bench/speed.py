@@ -189,7 +189,8 @@ def main():
     mnist = os.path.abspath(args.mnist)
     if not os.path.isfile(mnist):
         sys.exit(f"bench: {mnist} not found: pass --mnist with a copy of mnist.npz (Keras' layout)")
-    mirror = contextlib.ExitStack().enter_context(serve_folder(os.path.dirname(mnist))).url  # for the whole run
+    server = contextlib.ExitStack()  # the mirror, for the whole run
+    mirror = server.enter_context(serve_folder(os.path.dirname(mnist))).url
     scratch = tempfile.mkdtemp(prefix="bench-speed-")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "rounds": args.rounds,
               "repro_rounds": args.repro_rounds}
@@ -264,6 +265,7 @@ def main():
             result["presets"][name] = {**runs[0], "train_seconds": median([r["train_seconds"] for r in runs]),
                                        "train_runs": [r["train_seconds"] for r in runs]}
     finally:
+        server.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
     os.makedirs(RESULTS, exist_ok=True)

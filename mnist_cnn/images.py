@@ -22,6 +22,10 @@ class BadImage(ValueError):
     """An image file or array that can't be used; the message says why."""
 
 
+class SpecialFile(BadImage):
+    """A FIFO, socket or device: opening it can block for ever (and DVC, hashing it, does)."""
+
+
 def _border(pixels):
     return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
 
@@ -109,10 +113,12 @@ def check_regular_file(path):
         if e.errno == errno.ENOENT:
             raise BadImage("no such file or folder")
         raise BadImage(f"cannot be read ({e.strerror})")
+    if stat.S_ISDIR(info.st_mode):
+        raise BadImage("not a regular file but a folder: remove it or move it elsewhere")
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
-                else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device")
-        raise BadImage(f"not a regular file but {kind}: remove it or move it elsewhere")
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device")
+        raise SpecialFile(f"not a regular file but {kind}: remove it or move it elsewhere")
     return info
 
 

@@ -113,7 +113,7 @@ def fetch(url, dest, timeout=TIMEOUT_S, retries=RETRIES, backoff=BACKOFF_S, dead
                     raise http.client.IncompleteRead(b"", expected - out.tell())
             return
         except DeadlineExceeded:
-            raise SourceError(f"not done after {deadline_text()} in all (set {DEADLINE_VARIABLE} to allow more)")
+            raise SourceError(f"not done after {source_deadline():g} s in all (set {DEADLINE_VARIABLE} to allow more)")
         except urllib.error.HTTPError as e:
             if e.code < 500:  # 404 and friends will not change on a retry
                 raise SourceError(f"HTTP {e.code} {e.reason}")
@@ -127,10 +127,6 @@ def fetch(url, dest, timeout=TIMEOUT_S, retries=RETRIES, backoff=BACKOFF_S, dead
         if attempt + 1 < retries:
             time.sleep(max(0.0, min(backoff * 2**attempt, deadline - time.monotonic())))
     raise SourceError(f"{problem}, after {retries} tries")
-
-
-def deadline_text():
-    return f"{source_deadline():g} s"
 
 
 def parse_idx(data, name):

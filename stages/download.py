@@ -6,6 +6,7 @@ under data.path, one subfolder per class, normalised to data.folder.* (mnist_cnn
 npz: the user's own Keras-layout arrays at data.path, as they are.
 """
 import argparse
+import collections
 import os
 
 import numpy as np
@@ -49,7 +50,7 @@ def class_names_for_labels(arrays, source):
     if len(names) <= present.max():
         raise UserError(f"{source}: class_names has {len(names)} names but the labels go up to {int(present.max())}; "
                         f"give one name per class 0..{int(present.max())}")
-    duplicated = sorted({name for name in names.tolist() if names.tolist().count(name) > 1})
+    duplicated = sorted(name for name, count in collections.Counter(names.tolist()).items() if count > 1)
     if duplicated:
         raise UserError(f"{source}: class_names repeats {', '.join(map(repr, duplicated))}; give each class its own name")
     return names

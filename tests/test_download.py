@@ -2,11 +2,13 @@
 import dataclasses
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import socket
 import struct
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -267,7 +269,6 @@ def damage(path, offset, length=8):
 
 def forged_npy_header(shape=(10**12,), dtype="<f8", payload=b"x" * 64):
     """The bytes of an .npy file whose header claims a huge shape over a few bytes of data."""
-    import io
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
     return buffer.getvalue() + payload
@@ -295,7 +296,6 @@ def test_damaged_compressed_sources_are_each_that_sources_failure(tmp_path, arra
 
 
 def test_an_array_header_claiming_a_huge_shape_is_refused_before_allocation(tmp_path, arrays, spec, capsys):
-    import zipfile
     (tmp_path / "forged").mkdir()
     with zipfile.ZipFile(tmp_path / "forged" / "mnist.npz", "w") as archive:
         for name in ("x_train", "y_train", "x_test", "y_test"):
@@ -348,11 +348,9 @@ def run_custom(tmp_path, arrays):
 def test_a_users_bad_labels_or_arrays_are_one_line_before_any_large_allocation(tmp_path, arrays, change, message):
     changed = change(dict(arrays))
     if changed["x_train"] is None:  # a forged header over a few bytes
-        import zipfile
         with zipfile.ZipFile(tmp_path / "mine.npz", "w") as archive:
             archive.writestr("x_train.npy", forged_npy_header())
             for name in ("y_train", "x_test", "y_test"):
-                import io
                 buffer = io.BytesIO()
                 np.save(buffer, arrays[name])
                 archive.writestr(f"{name}.npy", buffer.getvalue())

@@ -11,16 +11,17 @@ import os
 import sys
 
 from mnist_cnn.errors import UserError
-from mnist_cnn.images import BadImage, check_regular_file, printable
+from mnist_cnn.images import BadImage, SpecialFile, check_regular_file, printable
 from mnist_cnn.params import load_params
 
 def problem(path):
     """Why path can't be part of a dataset (images.check_regular_file's one line), or None."""
     try:
         check_regular_file(path)
+    except SpecialFile as e:
+        return f"{e}; DVC blocks on it for ever while it hashes data.path"
     except BadImage as e:
-        hangs = "not a regular file" in str(e) and not os.path.isdir(path)  # FIFOs, sockets, devices
-        return f"{e}" + ("; DVC blocks on it for ever while it hashes data.path" if hangs else "")
+        return str(e)
     return None
 
 
@@ -49,7 +50,10 @@ def main(argv):
     if not os.path.exists(root):
         print(f"{printable(root)}: no such file or folder")
         return 0
-    found = scan(root) if os.path.isdir(root) else [(root, problem(root))] if problem(root) else []
+    if os.path.isdir(root):
+        found = scan(root)
+    else:
+        found = [(root, reason) for reason in [problem(root)] if reason]
     for path, reason in found:
         print(f"{printable(path)}: {reason}")
     return 1 if found else 0
