@@ -38,7 +38,7 @@ STYLES = {  # name -> how to draw one test image (uint8 28 x 28, light ink on bl
 
 
 def main():
-    with np.load(os.path.join(REPO, "data", "raw", "mnist.npz")) as raw:
+    with np.load(os.path.join(REPO, "data", "raw", "dataset.npz")) as raw:
         images, labels = raw["x_test"], raw["y_test"]
     rng = np.random.default_rng(0)
     rows = []

@@ -55,3 +55,11 @@ def image_input(model, path):
         raise UserError(f"{path} takes inputs of shape {shape}, not images of (height, width, 1 or 3): "
                         f"it is not a model this pipeline trained; run `dvc repro --force train`")
     return shape[1:]
+
+
+def check_fits(model, path, x, class_names, data_path):
+    """One line when the model's input or classes don't match a split's (a model from another dataset)."""
+    image_input(model, path)
+    if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x.shape[1:]:
+        raise UserError(f"{path} does not fit {data_path} (model {model.input_shape} -> {model.output_shape}, "
+                        f"data {x.shape[1:]} with {len(class_names)} classes): run `dvc repro` to retrain")

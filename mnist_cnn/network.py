@@ -150,3 +150,23 @@ def build_model(model_params, input_shape, num_classes, dtype="float32"):
         stack += relu_layer(layers.Dense, units) + [layers.Dropout(model_params["dense_dropout"], dtype=dtype)]
     stack.append(layers.Dense(num_classes, activation="softmax", dtype="float32"))
     return keras.Sequential(stack, name="cnn")
+
+
+def float32_network(model):
+    """The same network and weights computing in float32: what export writes (ONNX requires a float32 dtype
+    policy). A model trained in mixed precision keeps float32 weights, so nothing is rounded; the model
+    itself where it is float32 already."""
+    def as_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {key: as_float32(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [as_float32(value) for value in node]
+        return node
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    copy = model.__class__.from_config(as_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy

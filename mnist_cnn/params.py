@@ -93,6 +93,8 @@ PARAMS_SCHEMA = {
     "train.threads": _number(0, 1024, integer=True),
     "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
     "evaluate.batch_size": _number(1, integer=True),
+    "export.min_agreement": _number(0, 1),
+    "export.batch_size": _number(1, integer=True),
     "plot.samples": _number(1, 100, integer=True),
     "plot.misclassified": _number(1, 100, integer=True),
     "plot.dpi": _number(50, 600, integer=True),

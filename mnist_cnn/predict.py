@@ -1,6 +1,10 @@
 """Classify your own images with the trained model.
 
-    python -m mnist_cnn.predict [--model models/model.keras] [--json] [--top-k K] PATH...
+    python -m mnist_cnn.predict [--model MODEL] [--json] [--top-k K] PATH...
+
+MODEL is models/model.onnx where the export stage wrote it (run by onnxruntime, without TensorFlow:
+the faster path, docs/predict.md), else models/model.keras; or name any .keras, .onnx, .tflite file
+or SavedModel folder.
 
 PATHs are image files (PNG, JPEG, BMP, GIF, TIFF, ...), folders (every image inside, sorted) or
 .npy/.npz arrays of images. Each image is brought to the model's input first by the normalisation
@@ -19,8 +23,8 @@ import numpy as np
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import read_arrays
 from mnist_cnn.images import IMAGE_SUFFIXES, BadImage, check_regular_file, printable, read_image, to_model_image
-from mnist_cnn.model_files import image_input, load_model
-from mnist_cnn.runner import quiet_tensorflow, run
+from mnist_cnn.runner import run
+from mnist_cnn.runtimes import default_model, open_model
 
 BATCH_SIZE = 512
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -93,10 +97,11 @@ def batches(items, size):
         yield batch
 
 
-def class_names_for(model, model_path):
+def class_names_for(model):
     """Class names the train stage saved beside the model (classes.json), else the class indices."""
-    names_file = os.path.join(os.path.dirname(model_path), "classes.json")
-    count = model.output_shape[-1]
+    model_path = model.path
+    names_file = os.path.join(os.path.dirname(os.path.normpath(model_path)), "classes.json")
+    count = model.num_classes
     if not os.path.exists(names_file):
         return [str(i) for i in range(count)]
     try:
@@ -113,24 +118,24 @@ def class_names_for(model, model_path):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, or .npy/.npz arrays")
-    parser.add_argument("--model", default="models/model.keras", help="trained model (default: %(default)s)")
+    parser.add_argument("--model", help="a .keras, .onnx or .tflite file or a SavedModel folder (default: "
+                                         "models/model.onnx where it exists, else models/model.keras)")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely classes")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: K must be 1 or more")
 
-    quiet_tensorflow()
-    model = load_model(args.model)
-    height, width, channels = image_input(model, args.model)
+    model = open_model(args.model or default_model())
+    height, width, channels = model.image_shape
     if height != width:
-        raise UserError(f"{args.model} takes {height}x{width} images; predict brings images to a square")
-    class_names = class_names_for(model, args.model)
+        raise UserError(f"{model.path} takes {height}x{width} images; predict brings images to a square")
+    class_names = class_names_for(model)
 
     problems, results, start = [], [], time.perf_counter()
     for batch in batches(images(args.paths, problems, height, channels == 3), BATCH_SIZE):
         x = np.stack([pixels for _, pixels in batch]).reshape(-1, height, width, channels)
-        probabilities = model.predict(x, batch_size=BATCH_SIZE, verbose=0)
+        probabilities = model.predict(x, batch_size=BATCH_SIZE)
         for (name, _), p in zip(batch, probabilities):
             ranked = np.argsort(-p, kind="stable")[: args.top_k]
             result = {"path": printable(name), "label": class_names[ranked[0]], "probability": float(p[ranked[0]])}
@@ -148,8 +153,8 @@ def main(argv):
     for name, problem in problems:
         print(f"error: {printable(name)}: {problem}", file=sys.stderr)
     rate = len(results) / elapsed if elapsed > 0 else 0.0
-    print(f"predict: {len(results)} images classified, {len(problems)} failed, {rate:.0f} images/s",
-          file=sys.stderr)
+    print(f"predict: {len(results)} images classified, {len(problems)} failed, {rate:.0f} images/s "
+          f"({model.path}, {model.format})", file=sys.stderr)
     if problems:
         sys.exit(1)
     if not results:

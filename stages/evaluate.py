@@ -16,7 +16,7 @@ from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
 from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.files import atomic_path, write_json  # noqa: E402
-from mnist_cnn.model_files import image_input, load_model  # noqa: E402
+from mnist_cnn.model_files import check_fits, load_model  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
 from mnist_cnn.prepare import one_hot, read_split  # noqa: E402
 
@@ -52,11 +52,7 @@ def main(argv):
 
     model = load_model(args.model)
     x_test, y_test, class_names = read_split(args.test)
-    image_input(model, args.model)
-    if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x_test.shape[1:]:
-        raise UserError(f"{args.model} does not fit {args.test} (model {model.input_shape} -> "
-                               f"{model.output_shape}, data {x_test.shape[1:]} with {len(class_names)} classes): "
-                               f"run `dvc repro` to retrain")
+    check_fits(model, args.model, x_test, class_names, args.test)
 
     batch_size = params["evaluate"]["batch_size"]
     probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)

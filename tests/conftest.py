@@ -165,7 +165,7 @@ def sh(cwd, *command, env=None, check=True):
     return result
 
 
-STAGES = ("download", "preprocess", "train", "evaluate", "plot")
+STAGES = ("download", "preprocess", "train", "evaluate", "export", "plot")
 
 
 def stages_run(output):
@@ -203,6 +203,23 @@ def trained_run(tmp_path_factory, processed_dir):
                     str(paths["log_dir"])])
         evaluate.main([str(paths["model"]), str(processed_dir / "test.npz"), str(paths["metrics"]),
                        str(paths["predictions"])])
+    finally:
+        os.chdir(cwd)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run):
+    """trained_run's model exported by the real export stage: the paths of its outputs added."""
+    from stages import export
+
+    directory = trained_run["model"].parent.parent
+    paths = {**trained_run, "exports": directory / "models", "export_metrics": directory / "metrics" / "export.json"}
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        export.main([str(trained_run["model"]), str(trained_run["processed"] / "test.npz"), str(paths["exports"]),
+                     str(paths["export_metrics"])])
     finally:
         os.chdir(cwd)
     return paths

@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import digit_images, run_stage
 from mnist_cnn import predict
 from mnist_cnn.errors import UserError
-from mnist_cnn.model_files import load_model
+from mnist_cnn.runtimes import open_model
 
 
 @pytest.fixture
@@ -128,11 +128,11 @@ def test_file_that_is_not_a_keras_model(tmp_path, good_images):
 def test_thousands_of_images_go_through_in_batches(model_dir, tmp_path, monkeypatch, capsys):
     digits, labels = digit_images(1200, seed=7)
     np.save(tmp_path / "many.npy", digits)
-    model = load_model(model_dir / "model.keras")
+    model = open_model(str(model_dir / "model.keras"))
     calls = []
     original = model.predict
     monkeypatch.setattr(model, "predict", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
-    monkeypatch.setattr(predict, "load_model", lambda path: model)
+    monkeypatch.setattr(predict, "open_model", lambda path: model)
     predict.main(["--model", str(model_dir / "model.keras"), "--json", str(tmp_path / "many.npy")])
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 1200 and calls == [512, 512, 176]

@@ -1,0 +1,124 @@
+"""The trained model in any of its formats, behind one interface: image shape, class count, probabilities.
+
+    models/model.keras     Keras on TensorFlow           written by train
+    models/saved_model/    TensorFlow SavedModel         written by export
+    models/model.onnx      onnxruntime, no TensorFlow    written by export
+    models/model.tflite    LiteRT's interpreter          written by export
+
+open_model picks the runtime by the file's form and imports it only then, so a prediction from the
+ONNX file starts without TensorFlow (or Keras) at all: a fraction of the start-up time and memory
+(bench/predict_paths.py measures both paths).
+"""
+import os
+
+import numpy as np
+
+from mnist_cnn.errors import UserError
+from mnist_cnn.model_files import image_input, load_model
+
+FORMATS = {".keras": "keras", ".onnx": "onnx", ".tflite": "litert"}
+SAVED_MODEL = "saved_model"
+# What predict and the app open when no model is named: the ONNX export where it exists, being the faster
+# path (docs/predict.md quotes the measurement), else the model train wrote
+DEFAULT_MODELS = ("models/model.onnx", "models/model.keras")
+
+
+def default_model():
+    return next((path for path in DEFAULT_MODELS if os.path.exists(path)), DEFAULT_MODELS[-1])
+
+
+class Classifier:
+    """A loaded model: `image_shape` (height, width, channels), `num_classes`, and predict(x) -> probabilities."""
+
+    def __init__(self, path, format, image_shape, num_classes, run_batch):
+        self.path, self.format, self.image_shape, self.num_classes = path, format, tuple(image_shape), num_classes
+        self._run_batch = run_batch
+
+    def predict(self, x, batch_size=512):
+        """float32 (N, H, W, C) images in [0, 1] -> float32 (N, classes) probabilities, batch by batch."""
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros((0, self.num_classes), np.float32)
+        return np.concatenate([np.asarray(self._run_batch(x[i:i + batch_size]), dtype=np.float32)
+                               for i in range(0, len(x), batch_size)])
+
+
+def format_of(path):
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+        return SAVED_MODEL
+    return FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+def open_model(path):
+    """The model at path as a Classifier; one line for a missing file, an unknown form or a broken file."""
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: run `dvc repro` to train and export the model")
+    format = format_of(path)
+    if format is None:
+        raise UserError(f"{path} is not a model file: give a .keras, .onnx or .tflite file or a SavedModel folder")
+    if format == "keras":
+        return _keras(path)
+    try:
+        classifier = {"onnx": _onnx, "litert": _litert, SAVED_MODEL: _saved_model}[format](path)
+    except UserError:
+        raise
+    except Exception as e:  # each runtime has its own exceptions for a file it can't read; all mean the same
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable {format} model ({first_line}): run `dvc repro --force export`")
+    _check_image_shape(path, classifier.image_shape, classifier.num_classes)
+    return classifier
+
+
+def _check_image_shape(path, shape, num_classes):
+    if len(shape) != 3 or shape[2] not in (1, 3) or not all(isinstance(n, int) and n > 0 for n in shape[:2]):
+        raise UserError(f"{path} takes inputs of shape {shape}, not images of (height, width, 1 or 3): "
+                        f"it is not a model this pipeline exported; run `dvc repro --force export`")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"{path} has an output of unknown size: run `dvc repro --force export`")
+
+
+def _keras(path):
+    model = load_model(path)
+    return Classifier(path, "keras", image_input(model, path), model.output_shape[-1],
+                      lambda x: model.predict_on_batch(x))
+
+
+def _onnx(path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    (input_,), (output,) = session.get_inputs(), session.get_outputs()
+    return Classifier(path, "onnx", input_.shape[1:], output.shape[-1],
+                      lambda x: session.run([output.name], {input_.name: x})[0])
+
+
+def _litert(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    (input_,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+    batch = [None]
+
+    def run_batch(x):
+        if batch[0] != len(x):  # the file holds a batch of 1; other batch sizes are set as they come
+            interpreter.resize_tensor_input(input_["index"], list(x.shape))
+            interpreter.allocate_tensors()
+            batch[0] = len(x)
+        interpreter.set_tensor(input_["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(output["index"]).copy()
+
+    return Classifier(path, "litert", [int(n) for n in input_["shape"][1:]], int(output["shape"][-1]), run_batch)
+
+
+def _saved_model(path):
+    from mnist_cnn.runner import quiet_tensorflow
+
+    tf = quiet_tensorflow()
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    (input_,) = serve.structured_input_signature[1].values()
+    (output,) = serve.structured_outputs.values()
+    return Classifier(path, SAVED_MODEL, [input_.shape[i] for i in (1, 2, 3)], output.shape[-1],
+                      lambda x: next(iter(serve(tf.constant(x)).values())).numpy())
