@@ -2,7 +2,7 @@
 
 Keras' own model.export writes each format. Each file is then loaded in its own runtime (TensorFlow,
 onnxruntime, LiteRT's interpreter) and run on the whole test set against the Keras model: the
-metrics file holds, per format, the file size, the share of test images whose predicted class equals
+metrics file holds, per format, the file size in MB, the share of test images whose predicted class equals
 the Keras model's, and the largest difference of any probability. When a format agrees on fewer than
 export.min_agreement of the images, the stage stops with one line and writes none of its outputs.
 """
@@ -29,11 +29,14 @@ FORMATS = {"saved_model": ("tf_saved_model", "saved_model"),
            "tflite": ("litert", "model.tflite")}
 
 
-def size_of(path):
-    """Bytes of a file, or of every file in a folder (a SavedModel)."""
+def size_mb(path):
+    """Megabytes of a file, or of every file in a folder (a SavedModel), to 10 kB: the SavedModel and ONNX
+    files vary by a few bytes from run to run (names TensorFlow numbers as it traces), their size does not."""
     if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+        size = os.path.getsize(path)
+    else:
+        size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    return round(size / 1e6, 2)
 
 
 def compare(reference, probabilities):
@@ -66,7 +69,7 @@ def main(argv):
                 warnings.simplefilter("ignore")
                 network.export(tmp, format=FORMATS[name][0], verbose=False)
             probabilities = open_model(tmp).predict(x_test, batch_size=params["batch_size"])
-            metrics[name] = {"size_bytes": size_of(tmp), **compare(reference, probabilities)}
+            metrics[name] = {"size_mb": size_mb(tmp), **compare(reference, probabilities)}
             if metrics[name]["agreement"] < params["min_agreement"]:
                 failed.append(f"{name} {metrics[name]['agreement']:.2%}")
         if failed:
@@ -75,7 +78,7 @@ def main(argv):
                             f"nothing was written. Report it with your versions of keras, tf2onnx and ai-edge-litert")
     write_json(args.metrics, {"images": len(x_test), **metrics})
     for name, values in metrics.items():
-        print(f"export: {paths[name]}: {values['size_bytes'] / 1e6:.2f} MB, same class on "
+        print(f"export: {paths[name]}: {values['size_mb']:.2f} MB, same class on "
               f"{values['agreement']:.2%} of {len(x_test)} test images, largest probability difference "
               f"{values['max_abs_diff']:.1e}")
 

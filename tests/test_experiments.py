@@ -2,6 +2,8 @@
 
 Each test works in its own `git clone` of a committed, pushed tiny run (conftest's baseline fixture).
 """
+import csv
+import io
 import json
 import os
 import sys
@@ -19,7 +21,7 @@ def test_branch_comparison_diffs_metrics_params_and_plots(clone):
     sh(clone, "dvc", "pull")
     sh(clone, *GIT, "checkout", "-q", "-b", "more-epochs")
     set_param(clone, "train.epochs", 2)
-    assert stages_run(sh(clone, "dvc", "repro").stdout) == ["train", "evaluate", "plot"]
+    assert stages_run(sh(clone, "dvc", "repro").stdout) == ["train", "evaluate", "export", "plot"]
     sh(clone, *GIT, "commit", "-qam", "two epochs")
 
     params = json.loads(sh(clone, "dvc", "params", "diff", "main", "--json").stdout)
@@ -74,3 +76,29 @@ def test_presets_queued_as_experiments_all_complete_with_their_params(clone):
         assert 0 <= data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1, name
     table = sh(clone, "dvc", "exp", "show", "--md").stdout
     assert "fast" in table and "best" in table and "train.epochs" in table and "accuracy" in table
+
+
+def test_a_grid_sweep_from_the_queue_lands_every_point_in_exp_show(clone):
+    """docs/experiments.md: DVC's sweep syntax queues the grid, two workers run it, and `dvc exp show --csv`
+    holds every point with its metrics, sorted by validation accuracy (never test accuracy)."""
+    sh(clone, "dvc", "pull")
+    sh(clone, "dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.0005,0.001", "-S", "train.batch_size=16,32")
+    assert sh(clone, "dvc", "queue", "status").stdout.count("Queued") == 4
+    sh(clone, "dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        status = sh(clone, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 4, status
+    shown = sh(clone, "dvc", "exp", "show", "--csv", "--sort-by", "metrics/train/metrics.json:eval.accuracy",
+               "--sort-order", "desc").stdout
+    rows = [row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]]
+    assert sorted((float(r["train.learning_rate"]), int(r["train.batch_size"])) for r in rows) == [
+        (0.0005, 16), (0.0005, 32), (0.001, 16), (0.001, 32)]
+    validation = [float(r["eval.accuracy"]) for r in rows]
+    assert validation == sorted(validation, reverse=True)
+    for row in rows:
+        assert 0 <= float(row["accuracy"]) <= 1 and float(row["loss"]) > 0  # test metrics, from evaluate
+        assert float(row["onnx.agreement"]) >= 0.999  # every point was exported and checked

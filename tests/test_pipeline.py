@@ -87,10 +87,10 @@ def test_plot_param_reruns_only_plot(project):
     assert stages_run(sh(root, "dvc", "repro")) == ["plot"]
 
 
-def test_epochs_rerun_train_evaluate_plot_only(project):
+def test_epochs_rerun_train_evaluate_export_plot_only(project):
     root, _ = project
     write_params(root, **{**TINY_PARAMS, "train__epochs": 2}, plot__dpi=80)
-    assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "plot"]
+    assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "export", "plot"]
     assert json.loads((root / "metrics" / "train" / "metrics.json").read_text())["step"] == 1
 
 
@@ -114,11 +114,11 @@ def test_editing_the_image_normalisation_reruns_download_only(project):
     assert stages_run(output) == ["download"]  # its output's bytes are unchanged, so nothing after it runs
 
 
-def test_editing_the_network_reruns_train_evaluate_and_plot(project):
+def test_editing_the_network_reruns_train_evaluate_export_and_plot(project):
     root, _ = project
     with edited(root / "mnist_cnn" / "network.py", "layers.MaxPooling2D(", "layers.AveragePooling2D("):
         output = sh(root, "dvc", "repro")
-    assert stages_run(output) == ["train", "evaluate", "plot"]  # not download, not preprocess
+    assert stages_run(output) == ["train", "evaluate", "export", "plot"]  # not download, not preprocess
 
 
 def test_a_hostile_param_value_runs_nothing(project):
