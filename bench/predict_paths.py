@@ -12,7 +12,6 @@ TensorFlow. Start-up time, the command's images/s, and the model's own images/s.
 
 Writes bench/results/predict_paths.json; prints a markdown table with the ONNX / Keras ratios.
 """
-import json
 import os
 import re
 import statistics
@@ -24,6 +23,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from mnist_cnn.files import write_json
 from mnist_cnn.machine import describe
 from mnist_cnn.prepare import read_split
 from mnist_cnn.runtimes import open_model
@@ -65,9 +65,7 @@ def main():
     ratios = {key: medians["onnx"][key] / medians["keras"][key] for key in medians["onnx"]}
     results = {"machine": describe(), "images": len(x_test), "rounds": ROUNDS, "median": medians,
                "onnx_over_keras": ratios, "runs": timings}
-    with open(RESULTS, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    write_json(RESULTS, results)
     machine = results["machine"]
     print(f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['cpu_flags'])}); "
           f"{len(x_test)} test images; medians of {ROUNDS} runs\n")

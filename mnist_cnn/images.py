@@ -146,13 +146,18 @@ def _high_depth(image, colour):
 def read_image(path, colour=False):
     """The pixels of an image file, upright as its EXIF orientation says: 2-D brightness (alpha laid on
     white, 16-bit kept exact), or H x W x 3 RGB in 0-255 (16-bit and float images scaled to it)."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     if check_regular_file(path).st_size == 0:
         raise BadImage("empty file")
+    return decode_image(path, colour)
+
+
+def decode_image(source, colour=False):
+    """read_image's decoding, from a path or a binary file object (an upload held in memory)."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, in our words
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise BadImage(f"{width}x{height} pixels is over the limit of {MAX_PIXELS:,}; scale it down")

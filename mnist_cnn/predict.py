@@ -24,7 +24,7 @@ from mnist_cnn.errors import UserError
 from mnist_cnn.files import read_arrays
 from mnist_cnn.images import IMAGE_SUFFIXES, BadImage, check_regular_file, printable, read_image, to_model_image
 from mnist_cnn.runner import run
-from mnist_cnn.runtimes import default_model, open_model
+from mnist_cnn.runtimes import class_names_for, default_model, open_model, top_classes
 
 BATCH_SIZE = 512
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -97,24 +97,6 @@ def batches(items, size):
         yield batch
 
 
-def class_names_for(model):
-    """Class names the train stage saved beside the model (classes.json), else the class indices."""
-    model_path = model.path
-    names_file = os.path.join(os.path.dirname(os.path.normpath(model_path)), "classes.json")
-    count = model.num_classes
-    if not os.path.exists(names_file):
-        return [str(i) for i in range(count)]
-    try:
-        with open(names_file) as f:
-            names = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{names_file} is not readable JSON ({e}): run `dvc repro --force train` to write it again")
-    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) for n in names):
-        raise UserError(f"{names_file} does not hold the {count} class names of {model_path}: the two come from "
-                        f"different runs; run `dvc checkout models` or `dvc repro --force train`")
-    return names
-
-
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, or .npy/.npz arrays")
@@ -137,10 +119,10 @@ def main(argv):
         x = np.stack([pixels for _, pixels in batch]).reshape(-1, height, width, channels)
         probabilities = model.predict(x, batch_size=BATCH_SIZE)
         for (name, _), p in zip(batch, probabilities):
-            ranked = np.argsort(-p, kind="stable")[: args.top_k]
-            result = {"path": printable(name), "label": class_names[ranked[0]], "probability": float(p[ranked[0]])}
+            top = top_classes(p, class_names, args.top_k)
+            result = {"path": printable(name), **top[0]}
             if args.top_k > 1:
-                result["top_k"] = [{"label": class_names[k], "probability": float(p[k])} for k in ranked]
+                result["top_k"] = top
             results.append(result)
             if not args.json:
                 extra = "  " + "  ".join(f"{r['label']}:{r['probability']:.3f}" for r in result["top_k"]) \

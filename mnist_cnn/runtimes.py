@@ -9,6 +9,7 @@ open_model picks the runtime by the file's form and imports it only then, so a p
 ONNX file starts without TensorFlow (or Keras) at all: a fraction of the start-up time and memory
 (bench/predict_paths.py measures both paths).
 """
+import json
 import os
 
 import numpy as np
@@ -43,14 +44,40 @@ class Classifier:
                                for i in range(0, len(x), batch_size)])
 
 
+def class_names_for(model):
+    """Class names the train stage saved beside the model (classes.json), else the class indices."""
+    model_path = model.path
+    names_file = os.path.join(os.path.dirname(os.path.normpath(model_path)), "classes.json")
+    count = model.num_classes
+    if not os.path.exists(names_file):
+        return [str(i) for i in range(count)]
+    try:
+        with open(names_file) as f:
+            names = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{names_file} is not readable JSON ({e}): run `dvc repro --force train` to write it again")
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{names_file} does not hold the {count} class names of {model_path}: the two come from "
+                        f"different runs; run `dvc checkout models` or `dvc repro --force train`")
+    return names
+
+
+def top_classes(probabilities, class_names, k):
+    """The k most likely classes of one image, most likely first (ties in class order): [{label, probability}]."""
+    ranked = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"label": class_names[i], "probability": float(probabilities[i])} for i in ranked]
+
+
 def format_of(path):
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         return SAVED_MODEL
     return FORMATS.get(os.path.splitext(path)[1].lower())
 
 
-def open_model(path):
-    """The model at path as a Classifier; one line for a missing file, an unknown form or a broken file."""
+def open_model(path, threads=0):
+    """The model at path as a Classifier; one line for a missing file, an unknown form or a broken file.
+    threads: onnxruntime's and LiteRT's threads per inference, 0 for their default (one per core); the
+    server runs one per request instead, its requests running side by side."""
     if not os.path.exists(path):
         raise UserError(f"{path} not found: run `dvc repro` to train and export the model")
     format = format_of(path)
@@ -59,7 +86,7 @@ def open_model(path):
     if format == "keras":
         return _keras(path)
     try:
-        classifier = {"onnx": _onnx, "litert": _litert, SAVED_MODEL: _saved_model}[format](path)
+        classifier = {"onnx": _onnx, "litert": _litert, SAVED_MODEL: _saved_model}[format](path, threads)
     except UserError:
         raise
     except Exception as e:  # each runtime has its own exceptions for a file it can't read; all mean the same
@@ -78,26 +105,30 @@ def _check_image_shape(path, shape, num_classes):
 
 
 def _keras(path):
+    from mnist_cnn.runner import quiet_tensorflow
+
+    quiet_tensorflow()  # before Keras imports TensorFlow, so it starts without its log lines
     model = load_model(path)
     return Classifier(path, "keras", image_input(model, path), model.output_shape[-1],
                       lambda x: model.predict_on_batch(x))
 
 
-def _onnx(path):
+def _onnx(path, threads):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     (input_,), (output,) = session.get_inputs(), session.get_outputs()
     return Classifier(path, "onnx", input_.shape[1:], output.shape[-1],
                       lambda x: session.run([output.name], {input_.name: x})[0])
 
 
-def _litert(path):
+def _litert(path, threads):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path, num_threads=threads or None)
     (input_,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
     batch = [None]
 
@@ -113,7 +144,7 @@ def _litert(path):
     return Classifier(path, "litert", [int(n) for n in input_["shape"][1:]], int(output["shape"][-1]), run_batch)
 
 
-def _saved_model(path):
+def _saved_model(path, threads):  # TensorFlow's threads are set process-wide, not per model
     from mnist_cnn.runner import quiet_tensorflow
 
     tf = quiet_tensorflow()

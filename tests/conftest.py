@@ -1,5 +1,6 @@
 """Fixtures shared by the tests: tiny generated datasets, params files, a loopback HTTP server."""
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mnist_cnn.files import write_npz
 from mnist_cnn.params import set_dotted
 from mnist_cnn.runner import quiet_tensorflow
-from tools.project import GIT, REPO, QuietHandler, commit_all, copy_project, serve_folder  # noqa: F401
+from tools.project import GIT, REPO, QuietHandler, commit_all, copy_project, serve_folder, served_model  # noqa: F401
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -223,6 +224,41 @@ def exported_run(trained_run):
     finally:
         os.chdir(cwd)
     return paths
+
+
+SERVE_LIMIT = 2_000_000  # the test server's --max-upload-mb 2, in bytes
+
+
+def png(pixels):
+    """An image array as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(exported_run, tmp_path_factory):
+    """The tiny exported model served from a folder laid out like the project (models/), with its own TMPDIR
+    (where no request may write a file)."""
+    root = tmp_path_factory.mktemp("served")
+    (root / "models").mkdir()
+    for name in ("model.onnx", "model.keras", "classes.json"):
+        (root / "models" / name).write_bytes((exported_run["exports"] / name).read_bytes())
+    scratch = root / "tmp"
+    scratch.mkdir()
+    # Python's temporary files refuse in the server (Starlette's spooled uploads roll over to one): a request
+    # that would write one fails with 500 instead
+    no_tempfiles = root / "no_tempfiles"
+    no_tempfiles.mkdir()
+    (no_tempfiles / "sitecustomize.py").write_text(
+        "import tempfile\n\n\ndef refuse(*args, **kwargs):\n"
+        "    raise OSError('the server under test may not write temporary files')\n\n\n"
+        "tempfile.TemporaryFile = tempfile.NamedTemporaryFile = tempfile.mkstemp = tempfile.mkdtemp = refuse\n")
+    with served_model(root, "--max-upload-mb", str(SERVE_LIMIT / 1e6), "--max-files", "8",
+                      env={"TMPDIR": str(scratch), "PYTHONPATH": f"{no_tempfiles}{os.pathsep}{REPO}"}) as (_, url):
+        # onnxruntime leaves a session id file (.ses) there when it loads the model: what the server wrote
+        # before its first request
+        yield {"url": url, "root": root, "tmp": scratch, "tmp_at_start": sorted(os.listdir(scratch))}
 
 
 @contextlib.contextmanager

@@ -63,6 +63,12 @@ def test_workflow_tests_reproduces_and_comments_the_diffs():
     for command in ("pip install -r requirements-dev.txt", "pytest", "dvc repro",
                     'dvc metrics diff "$BASE" --md', 'dvc params diff "$BASE" --md', "gh pr comment"):
         assert command in runs, command
+    assert 'dvc plots diff "$BASE" -o plots-diff' in runs
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["with"]["path"] == "plots-diff" and upload["id"] == "plots"
+    comment = next(step for step in steps if "report.md" in step.get("run", "") and "PLOTS_URL" in step.get("env", {}))
+    assert comment["env"]["PLOTS_URL"] == "${{ steps.plots.outputs.artifact-url }}" and "($PLOTS_URL)" in comment["run"]
+    assert steps.index(upload) < steps.index(comment)
     checkout = next(step for step in steps if step.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0
     assert all(os.path.exists(os.path.join(REPO, name)) for name in

@@ -2,15 +2,19 @@
 
 copy_project lays out exactly the files a clone has before any run (no data, models or DVC cache) in
 a new folder; commit_all makes it a git repository, as DVC needs. serve_folder serves a folder over
-HTTP on the loopback address, as a dataset mirror would.
+HTTP on the loopback address, as a dataset mirror would; served_model runs the model's server there.
 """
 import contextlib
 import functools
 import http.server
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import threading
+import time
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What `git clone` gives a user that `dvc repro` needs: the pipeline, its code and its knobs
@@ -63,3 +67,39 @@ def serve_folder(folder, handler=QuietHandler):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_model(cwd, *options, env=None, timeout=60):
+    """`python -m mnist_cnn.serve` in cwd on a free port of 127.0.0.1; yields (process, base URL) once /health
+    answers, and stops the server after."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "mnist_cnn.serve", "--port", str(port), *options], cwd=cwd,
+                               env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server stopped: {process.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"the server did not answer /health within {timeout} s")
+                time.sleep(0.2)
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,71 @@
+"""The drawing page in a real headless Chromium: strokes drawn with pointer events, the guess read off the page."""
+import time
+
+import pytest
+import requests
+
+from conftest import digit_images, png
+from tools.browser import SEVEN, canvas_png, chromium_missing, draw, shown_label, start_chromium
+
+pytestmark = pytest.mark.ci_prerequisite  # under CI=true a skip fails: .ci/run installs the browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = chromium_missing()
+    if reason:
+        pytest.skip(reason)
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+def settled_label(driver, url, timeout=20):
+    """The label the page shows once it matches the API's answer for the canvas as it is now drawn."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        expected = requests.post(f"{url}/predict", files={"file": ("c.png", canvas_png(driver), "image/png")}).json()
+        if shown_label(driver) == expected["label"]:
+            return expected
+        time.sleep(0.2)
+    raise AssertionError(f"the page shows {shown_label(driver)!r}, the API says {expected['label']!r}")
+
+
+@pytest.mark.parametrize("kind", ["mouse", "touch", "pen"])
+def test_drawing_a_digit_stroke_by_stroke_shows_the_guess(browser, served, kind, tmp_path):
+    browser.get(served["url"] + "/")
+    assert browser.find_element("id", "pad").get_attribute("aria-label")
+    assert shown_label(browser) == "–"
+    draw(browser, SEVEN[:1], kind)  # the first stroke alone is already a guess
+    first = settled_label(browser, served["url"])
+    draw(browser, SEVEN[1:], kind)
+    answer = settled_label(browser, served["url"])
+    assert answer["label"] in [str(d) for d in range(10)] and canvas_png(browser) != b""
+    items = browser.find_elements("css selector", "#top li")
+    assert len(items) == 3 and items[0].text.startswith(f"{answer['label']}: ")
+    assert first["top"] != answer["top"]  # the second stroke changed what the model sees
+    screenshot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    browser.find_element("id", "clear").click()
+    assert shown_label(browser) == "–" and browser.find_elements("css selector", "#top li") == []
+
+
+def test_uploading_an_image_file_shows_its_guess(browser, served, tmp_path):
+    (tmp_path / "three.png").write_bytes(png(digit_images(4, seed=3)[0][3]))
+    browser.get(served["url"] + "/")
+    browser.find_element("id", "file").send_keys(str(tmp_path / "three.png"))
+    expected = requests.post(f"{served['url']}/predict",
+                             files={"file": ("three.png", (tmp_path / "three.png").read_bytes(), "image/png")}).json()
+    deadline = time.time() + 20
+    while shown_label(browser) != expected["label"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert shown_label(browser) == expected["label"]
+
+
+def test_the_page_fits_a_phone_screen(browser, served):
+    browser.get(served["url"] + "/")
+    width, scroll_width = browser.execute_script("return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert width <= 430 and scroll_width <= width  # nothing sticks out sideways
+    pad = browser.execute_script("const r = document.getElementById('pad').getBoundingClientRect();"
+                                 "return [r.width, r.height];")
+    assert 200 <= pad[0] <= width and abs(pad[0] - pad[1]) < 1
