@@ -60,9 +60,28 @@ def test_metrics_and_plots_commands_work(project):
     assert "eval" in files["metrics/train/metrics.json"]["data"]
     sh(root, "dvc", "plots", "show", "-o", "html")
     page = (root / "html" / "index.html").read_text()
-    for plot in ("Confusion matrix (test set)", "eval/accuracy.tsv", "train/loss.tsv", "samples.png",
-                 "training_curves.png", "confusion_matrix.png", "misclassified.png"):
+    for plot in ("Accuracy per epoch", "Loss per epoch", "Confusion matrix (test set, counts)",
+                 "Confusion matrix (test set, rates)", "eval/accuracy.tsv", "samples.png", "training_curves.png", "confusion_matrix.png",
+                 "misclassified.png"):
         assert plot in page, plot
+
+
+def test_dvc_draws_train_and_validation_on_one_chart_and_the_confusion_matrix_twice(project):
+    """The plots of dvc.yaml, as `dvc plots show --json` gives them to VS Code and Studio."""
+    root, _ = project
+    charts = json.loads(sh(root, "dvc", "plots", "show", "--json"))["data"]
+    vega = {name: chart[0]["content"] for name, chart in charts.items() if chart[0]["type"] == "vega"}
+    for name, metric in (("Accuracy per epoch", "accuracy"), ("Loss per epoch", "loss")):
+        rows = vega[name]["data"]["values"]
+        series = {row["filename"] for row in rows}
+        assert series == {f"train/{metric}.tsv", f"eval/{metric}.tsv"}, series
+        assert all(metric in row and "step" in row for row in rows)
+    counts, rates = vega["metrics/predictions.csv"], vega["Confusion matrix (test set, rates)"]
+    assert counts["title"]["text"] == "Confusion matrix (test set, counts)"
+    for chart in (counts, rates):
+        rows = chart["data"]["values"]
+        assert len(rows) == 100 and {"actual", "predicted"} <= set(rows[0])  # one row per test image
+    assert "percent_of_y" in json.dumps(rates) and "percent_of_y" not in json.dumps(counts)  # rows sum to 1
 
 
 def test_lock_records_params_and_interpolated_dataset(project):

@@ -113,7 +113,7 @@ def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
     result = run_stage("mnist_cnn.predict", "--model", tmp_path / "none.keras", good_images[0], cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path}/none.keras not found: run `dvc repro` to train the model"]
+        f"error: {tmp_path}/none.keras not found: run `dvc repro` to train and export the model"]
 
 
 @pytest.mark.slow
