@@ -2,11 +2,13 @@
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 
+import filelock
 import numpy as np
 import pytest
 import yaml
@@ -292,16 +294,24 @@ def wait_for_line(process, text, timeout=120):
     raise AssertionError(f"process ended before printing {text!r}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def baseline(tmp_path_factory):
-    """A committed tiny run, pushed with its run cache to a local remote: (repo, remote). One per test module."""
-    root = make_tiny_project(tmp_path_factory.mktemp("baseline"))
-    remote = tmp_path_factory.mktemp("remote")
-    sh(root, "dvc", "remote", "add", "-d", "storage", str(remote))
-    sh(root, "dvc", "repro")
-    sh(root, *GIT, "add", "-A")
-    sh(root, *GIT, "commit", "-qm", "baseline run")
-    sh(root, "dvc", "push", "--run-cache")
+    """A committed tiny run, pushed with its run cache to a local remote: (repo, remote). Built once per test
+    session by whichever xdist worker asks first (the others wait on a file lock); tests work in clones."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one session
+    shared = tmp_path_factory.getbasetemp().parent / f"baseline-{run}" if run else tmp_path_factory.mktemp("shared")
+    root, remote = shared / "project", shared / "remote"
+    with filelock.FileLock(str(shared) + ".lock"):
+        if not (shared / "complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            remote.mkdir(parents=True)
+            make_tiny_project(root)
+            sh(root, "dvc", "remote", "add", "-d", "storage", str(remote))
+            sh(root, "dvc", "repro")
+            sh(root, *GIT, "add", "-A")
+            sh(root, *GIT, "commit", "-qm", "baseline run")
+            sh(root, "dvc", "push", "--run-cache")
+            (shared / "complete").touch()
     return root, remote
 
 

@@ -47,6 +47,10 @@ def test_drawing_a_digit_stroke_by_stroke_shows_the_guess(browser, served, kind,
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     browser.find_element("id", "clear").click()
+    deadline = time.time() + 5  # the click is handled asynchronously in the page
+    while shown_label(browser) != "–" and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # and stays cleared: an answer for the old drawing arriving now is dropped
     assert shown_label(browser) == "–" and browser.find_elements("css selector", "#top li") == []
 
 
