@@ -13,6 +13,8 @@ from mnist_cnn.errors import UserError
 from mnist_cnn.prepare import read_split
 from mnist_cnn.runtimes import open_model
 
+pytestmark = pytest.mark.slow  # a trained model exported by the real stage
+
 FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 
 

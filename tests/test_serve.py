@@ -13,6 +13,8 @@ from PIL import Image
 from conftest import SERVE_LIMIT as LIMIT
 from conftest import digit_images, png, run_stage
 
+pytestmark = pytest.mark.slow  # a trained, exported model served by a real server
+
 
 @pytest.fixture(scope="module")
 def digits():
