@@ -115,3 +115,31 @@ def test_a_bad_model_file_is_one_line(tmp_path, name, content, message):
     result = run_stage("mnist_cnn.predict", "--model", name, "x.png", cwd=tmp_path)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
+
+
+def test_a_mixed_precision_model_is_exported_computing_in_float32(exported_run, tmp_path, monkeypatch):
+    """What train.precision: auto trains on a CPU with AVX512-BF16 (or a GPU): bfloat16 layers. ONNX takes
+    float32 only, so export writes the same weights computing in float32 and checks every format against it."""
+    from mnist_cnn.model_files import load_model, save_model
+    from mnist_cnn.network import build_model, float32_network, inference_model
+    from mnist_cnn.params import load_params
+    from mnist_cnn.prepare import one_hot
+    from stages import export
+
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path)
+    x, labels, names = read_split(exported_run["processed"] / "train.npz")
+    model = build_model(params["model"], x.shape[1:], len(names), "mixed_bfloat16")
+    model.compile("adam", "categorical_crossentropy")
+    model.fit(x, one_hot(labels, len(names)), epochs=1, batch_size=32, verbose=0)
+    save_model(inference_model(model), tmp_path / "models" / "model.keras")
+    loaded = load_model(str(tmp_path / "models" / "model.keras"))
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"mixed_bfloat16", "float32"}
+    network = float32_network(loaded)
+    assert {layer.dtype_policy.name for layer in network.layers} == {"float32"}
+    np.testing.assert_allclose(network.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=0.01)
+    assert load_params()["export"]["min_agreement"] == 0.999
+    export.main([str(tmp_path / "models" / "model.keras"), str(exported_run["processed"] / "test.npz"),
+                 str(tmp_path / "models"), str(tmp_path / "export.json")])
+    metrics = json.loads((tmp_path / "export.json").read_text())
+    assert all(metrics[name]["agreement"] == 1.0 and metrics[name]["max_abs_diff"] < 1e-5 for name in FILES)
