@@ -48,18 +48,21 @@ def load_model(path):
                         f"run `dvc repro --force train` to rebuild it")
 
 
-def image_input(model, path):
-    """(height, width, channels) of a model that takes images; one line for any other model."""
-    shape = model.input_shape
-    if not isinstance(shape, tuple) or len(shape) != 4 or shape[3] not in (1, 3) or None in shape[1:3]:
-        raise UserError(f"{path} takes inputs of shape {shape}, not images of (height, width, 1 or 3): "
-                        f"it is not a model this pipeline trained; run `dvc repro --force train`")
+def image_shape(path, input_shape, stage="train"):
+    """(height, width, channels) from a model's input shape (batch axis first), in any format; one line for a
+    model that does not take images. stage: the stage that writes such a file (train, export)."""
+    shape = tuple(input_shape) if isinstance(input_shape, list) else input_shape
+    if (not isinstance(shape, tuple) or len(shape) != 4 or shape[3] not in (1, 3)
+            or not all(isinstance(n, int) and n > 0 for n in shape[1:3])):
+        raise UserError(f"{path} takes inputs of shape {shape}, not images of (height, width, 1 or 3): it is not "
+                        f"a model this pipeline {'trained' if stage == 'train' else 'exported'}; "
+                        f"run `dvc repro --force {stage}`")
     return shape[1:]
 
 
 def check_fits(model, path, x, class_names, data_path):
     """One line when the model's input or classes don't match a split's (a model from another dataset)."""
-    image_input(model, path)
+    image_shape(path, model.input_shape)
     if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x.shape[1:]:
         raise UserError(f"{path} does not fit {data_path} (model {model.input_shape} -> {model.output_shape}, "
                         f"data {x.shape[1:]} with {len(class_names)} classes): run `dvc repro` to retrain")

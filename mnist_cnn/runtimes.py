@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from mnist_cnn.errors import UserError
-from mnist_cnn.model_files import image_input, load_model
+from mnist_cnn.model_files import image_shape, load_model
 
 FORMATS = {".keras": "keras", ".onnx": "onnx", ".tflite": "litert"}
 SAVED_MODEL = "saved_model"
@@ -29,10 +29,15 @@ def default_model():
 
 
 class Classifier:
-    """A loaded model: `image_shape` (height, width, channels), `num_classes`, and predict(x) -> probabilities."""
+    """A loaded model: `image_shape` (height, width, channels), `num_classes`, and predict(x) -> probabilities.
+    open_model makes one from a runtime's input shape (batch axis first) once it has checked it."""
 
-    def __init__(self, path, format, image_shape, num_classes, run_batch):
-        self.path, self.format, self.image_shape, self.num_classes = path, format, tuple(image_shape), num_classes
+    def __init__(self, path, format, input_shape, num_classes, run_batch):
+        stage = "train" if format == "keras" else "export"  # the stage that writes a file of this format
+        self.path, self.format, self.num_classes = path, format, num_classes
+        self.image_shape = tuple(image_shape(path, input_shape, stage))
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise UserError(f"{path} has an output of unknown size: run `dvc repro --force {stage}`")
         self._run_batch = run_batch
 
     def predict(self, x, batch_size=512):
@@ -92,16 +97,7 @@ def open_model(path, threads=0):
     except Exception as e:  # each runtime has its own exceptions for a file it can't read; all mean the same
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable {format} model ({first_line}): run `dvc repro --force export`")
-    _check_image_shape(path, classifier.image_shape, classifier.num_classes)
     return classifier
-
-
-def _check_image_shape(path, shape, num_classes):
-    if len(shape) != 3 or shape[2] not in (1, 3) or not all(isinstance(n, int) and n > 0 for n in shape[:2]):
-        raise UserError(f"{path} takes inputs of shape {shape}, not images of (height, width, 1 or 3): "
-                        f"it is not a model this pipeline exported; run `dvc repro --force export`")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise UserError(f"{path} has an output of unknown size: run `dvc repro --force export`")
 
 
 def _keras(path):
@@ -109,7 +105,7 @@ def _keras(path):
 
     quiet_tensorflow()  # before Keras imports TensorFlow, so it starts without its log lines
     model = load_model(path)
-    return Classifier(path, "keras", image_input(model, path), model.output_shape[-1],
+    return Classifier(path, "keras", model.input_shape, model.output_shape[-1],
                       lambda x: model.predict_on_batch(x))
 
 
@@ -121,7 +117,7 @@ def _onnx(path, threads):
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     (input_,), (output,) = session.get_inputs(), session.get_outputs()
-    return Classifier(path, "onnx", input_.shape[1:], output.shape[-1],
+    return Classifier(path, "onnx", input_.shape, output.shape[-1],
                       lambda x: session.run([output.name], {input_.name: x})[0])
 
 
@@ -141,7 +137,7 @@ def _litert(path, threads):
         interpreter.invoke()
         return interpreter.get_tensor(output["index"]).copy()
 
-    return Classifier(path, "litert", [int(n) for n in input_["shape"][1:]], int(output["shape"][-1]), run_batch)
+    return Classifier(path, "litert", [int(n) for n in input_["shape"]], int(output["shape"][-1]), run_batch)
 
 
 def _saved_model(path, threads):  # TensorFlow's threads are set process-wide, not per model
@@ -151,5 +147,5 @@ def _saved_model(path, threads):  # TensorFlow's threads are set process-wide, n
     serve = tf.saved_model.load(path).signatures["serving_default"]
     (input_,) = serve.structured_input_signature[1].values()
     (output,) = serve.structured_outputs.values()
-    return Classifier(path, SAVED_MODEL, [input_.shape[i] for i in (1, 2, 3)], output.shape[-1],
+    return Classifier(path, SAVED_MODEL, list(input_.shape), output.shape[-1],
                       lambda x: next(iter(serve(tf.constant(x)).values())).numpy())
