@@ -42,7 +42,7 @@ def predict_command(model, *paths):
 
 
 def main():
-    x_test, _, _ = read_split(os.path.join(REPO, "data", "processed", "test.npz"))
+    x_test, _, _ = read_split(os.path.join(REPO, "data", "processed", "test"))
     pixels = np.round(x_test[..., 0] * 255).astype(np.uint8)
     timings = {name: {"startup_s": [], "command_images_per_s": [], "model_images_per_s": []} for name in MODELS}
     with tempfile.TemporaryDirectory() as scratch:

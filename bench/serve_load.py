@@ -12,7 +12,7 @@ connections from one asyncio client process (requests built once, so the client 
    and p99 latency at the load the targets name;
 4. batches of --batch images per request, closed loop, for --seconds: images/s, latencies, errors.
 
-The images are the first test images (data/processed/test.npz) as PNG files. Writes
+The images are the first test images (data/processed/test/) as PNG files. Writes
 bench/results/serve_load.json and prints a markdown table.
 """
 import argparse
@@ -137,7 +137,7 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="the server's --workers (default: %(default)s)")
     args = parser.parse_args()
 
-    x_test, _, _ = read_split(os.path.join(REPO, "data", "processed", "test.npz"))
+    x_test, _, _ = read_split(os.path.join(REPO, "data", "processed", "test"))
     images = []
     for pixels in np.round(x_test[:256, ..., 0] * 255).astype(np.uint8):
         buffer = io.BytesIO()

@@ -93,9 +93,9 @@ def repro(project, mirror):
 def train_stage(project, out):
     """The train stage's command on the project's processed data, then evaluate: fit seconds, accuracies."""
     processed = os.path.join(project, "data", "processed")
-    wall, lines = run([sys.executable, "-m", "stages.train", f"{processed}/train.npz", f"{processed}/val.npz",
+    wall, lines = run([sys.executable, "-m", "stages.train", f"{processed}/train", f"{processed}/val",
                        f"{out}/model.keras", f"{out}/live"], project)
-    run([sys.executable, "-m", "stages.evaluate", f"{out}/model.keras", f"{processed}/test.npz",
+    run([sys.executable, "-m", "stages.evaluate", f"{out}/model.keras", f"{processed}/test",
          f"{out}/evaluate.json", f"{out}/predictions.csv"], project)
     with open(f"{out}/evaluate.json") as f:
         test = json.load(f)

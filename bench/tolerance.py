@@ -50,8 +50,8 @@ def run_variant(changes, env):
             yaml.safe_dump(params, f)
         start = time.perf_counter()
         for stage, *args in (
-            ("stages.train", f"{PROCESSED}/train.npz", f"{PROCESSED}/val.npz", "model.keras", "log"),
-            ("stages.evaluate", "model.keras", f"{PROCESSED}/test.npz", "evaluate.json", "predictions.csv"),
+            ("stages.train", f"{PROCESSED}/train", f"{PROCESSED}/val", "model.keras", "log"),
+            ("stages.evaluate", "model.keras", f"{PROCESSED}/test", "evaluate.json", "predictions.csv"),
         ):
             subprocess.run([sys.executable, "-m", stage, *args], cwd=scratch,
                            env={**os.environ, "PYTHONPATH": REPO, **env}, check=True, stdout=subprocess.DEVNULL)

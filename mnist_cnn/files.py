@@ -90,7 +90,8 @@ def write_npz(path, arrays):
 
 def check_array_header(stream, available, name):
     """Refuse an .npy whose header claims more data than it holds, before anything is allocated: a
-    header is a few bytes, and one claiming a shape of 10^12 would make NumPy ask for terabytes."""
+    header is a few bytes, and one claiming a shape of 10^12 would make NumPy ask for terabytes.
+    Returns the (shape, dtype) the header gives."""
     version = np.lib.format.read_magic(stream)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = read_header(stream, max_header_size=10000)
@@ -98,6 +99,22 @@ def check_array_header(stream, available, name):
     if claimed > available - stream.tell():
         raise ValueError(f"{name} claims shape {shape} of {dtype} ({claimed:,} bytes) but holds "
                          f"{max(0, available - stream.tell()):,} bytes")
+    return shape, dtype
+
+
+def array_shapes(path):
+    """{name: (shape, dtype)} of each array in an .npz file, read from the headers alone (no data is loaded).
+    Raises ValueError for a file that is not a readable .npz."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            shapes = {}
+            for info in archive.infolist():
+                with archive.open(info) as stream:
+                    shapes[info.filename.removesuffix(".npy")] = check_array_header(stream, info.file_size,
+                                                                                    info.filename)
+            return shapes
+    except NPZ_ERRORS as e:
+        raise ValueError(str(e) or type(e).__name__) from None
 
 
 def read_arrays(path, names=None):

@@ -1,6 +1,13 @@
-"""A dataset from a folder of images: one subfolder per class, each image normalised as predict does."""
+"""A dataset from a folder of images: one subfolder per class, each image normalised as predict does.
+
+The images are read and normalised by data.folder.workers processes (0: one per core); the dataset's
+bytes are the same for any number of them.
+"""
+import multiprocessing
 import os
+import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -8,29 +15,61 @@ from mnist_cnn.errors import UserError
 from mnist_cnn.images import BadImage, printable, read_image, to_model_image
 
 
+def read_one(task):
+    """(uint8 pixels, None) for a readable image, (None, the reason) for one that is not. task: (path, size, colour)."""
+    path, size, colour = task
+    try:
+        return np.round(to_model_image(read_image(path, colour), size, colour) * 255).astype(np.uint8), None
+    except BadImage as e:
+        return None, str(e)
+
+
+def _worker_signals():
+    """A worker leaves Ctrl-C to the stage (which stops the pool) and dies quietly on SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def read_all(tasks, workers):
+    """read_one over tasks, in their order, on `workers` processes (1: in this process). The result does not
+    depend on the number of workers: each image is read and normalised alone, and the results keep their order."""
+    if workers == 1 or len(tasks) < 2:
+        yield from map(read_one, tasks)
+        return
+    chunk = max(1, min(256, len(tasks) // (workers * 8)))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=_worker_signals)
+    try:
+        yield from pool.map(read_one, tasks, chunksize=chunk)
+    finally:  # a bad image that stops the stage, or Ctrl-C: the queued chunks are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def read_class_folders(root, class_names, folder_params):
     """(images, labels) of root/<class>/<file> for each class; unreadable files stop or are skipped."""
     colour = folder_params["color_mode"] == "rgb"
-    images, labels = [], []
+    tasks, labels, folders = [], [], []
     for label, name in enumerate(class_names):
         folder = os.path.join(root, name)
         files = sorted(f for f in os.listdir(folder) if not f.startswith(".")) if os.path.isdir(folder) else []
-        kept = 0
-        for file in files:
-            path = os.path.join(folder, file)
-            try:
-                pixels = to_model_image(read_image(path, colour), folder_params["image_size"], colour)
-            except BadImage as e:
-                if folder_params["bad_images"] == "stop":
-                    raise UserError(f"{printable(path)}: {e}; fix or remove it, or set data.folder.bad_images: skip")
-                print(f"download: skipped {printable(path)}: {e}", file=sys.stderr)
-                continue
-            images.append(np.round(pixels * 255).astype(np.uint8))
-            labels.append(label)
-            kept += 1
-        if kept == 0:
+        tasks += [(os.path.join(folder, file), folder_params["image_size"], colour) for file in files]
+        labels += [label] * len(files)
+        folders.append(folder)
+    workers = folder_params["workers"] or os.cpu_count() or 1
+    images, kept = [], []
+    for (path, _, _), label, (pixels, problem) in zip(tasks, labels, read_all(tasks, workers)):
+        if problem is not None:
+            if folder_params["bad_images"] == "stop":
+                raise UserError(f"{printable(path)}: {problem}; fix or remove it, or set data.folder.bad_images: skip")
+            print(f"download: skipped {printable(path)}: {problem}", file=sys.stderr)
+            continue
+        images.append(pixels)
+        kept.append(label)
+    counts = np.bincount(np.array(kept, np.int64), minlength=len(class_names))
+    for folder, count in zip(folders, counts):
+        if count == 0:
             raise UserError(f"class folder {printable(folder)} has no usable images: add some, or remove the folder")
-    return np.stack(images), np.array(labels, np.int64)
+    return np.stack(images), np.array(kept, np.int64)
 
 
 def load_folder(path, folder_params, seed):

@@ -60,9 +60,9 @@ def image_shape(path, input_shape, stage="train"):
     return shape[1:]
 
 
-def check_fits(model, path, x, class_names, data_path):
+def check_fits(model, path, split):
     """One line when the model's input or classes don't match a split's (a model from another dataset)."""
     image_shape(path, model.input_shape)
-    if model.output_shape[-1] != len(class_names) or model.input_shape[1:] != x.shape[1:]:
-        raise UserError(f"{path} does not fit {data_path} (model {model.input_shape} -> {model.output_shape}, "
-                        f"data {x.shape[1:]} with {len(class_names)} classes): run `dvc repro` to retrain")
+    if model.output_shape[-1] != len(split.class_names) or tuple(model.input_shape[1:]) != split.image_shape:
+        raise UserError(f"{path} does not fit {split.folder} (model {model.input_shape} -> {model.output_shape}, "
+                        f"data {split.image_shape} with {len(split.class_names)} classes): run `dvc repro` to retrain")

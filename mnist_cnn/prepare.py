@@ -5,14 +5,14 @@ The notebook did, for the training and the test images alike:
     x = x.reshape(-1, 28, 28, 1).astype("float32") / 255
     y = keras.utils.to_categorical(y, 10)
 
-Here preprocess gives the images their channel axis and stores them as uint8 (a quarter of
-float32's bytes to write, hash and cache); train and evaluate read a split with read_split, which
-scales the pixels, and one-hot the labels with one_hot. The arrays the network sees are equal to
-the notebook's.
+Here preprocess gives the images their channel axis and stores them as uint8 shards (a quarter of
+float32's bytes to write, hash and cache); train and evaluate read a split that fits in memory with
+read_split, which scales the pixels, and one-hot the labels with one_hot; mnist_cnn/streaming.py does
+the same to a larger split, batch by batch. The arrays the network sees are equal to the notebook's.
 """
 import numpy as np
 
-from mnist_cnn.files import load_npz
+from mnist_cnn.shards import open_split, read_all, read_shard
 
 
 def with_channel_axis(images):
@@ -31,7 +31,14 @@ def one_hot(labels, num_classes):
     return np.eye(num_classes, dtype=np.float32)[labels]
 
 
-def read_split(path):
-    """A preprocess output -> (x float32 (N, H, W, C) in [0, 1], y integer labels, class names)."""
-    data = load_npz(path, "dvc repro preprocess")
-    return scale(data["x"]), data["y"], [str(c) for c in data["class_names"]]
+def read_split(folder):
+    """A preprocess output folder, whole -> (x float32 (N, H, W, C) in [0, 1], y integer labels, class names)."""
+    split = open_split(folder)
+    x, y = read_all(split)
+    return scale(x), y, list(split.class_names)
+
+
+def scaled_shards(split):
+    """A split's images shard by shard, each scaled as read_split does: memory bounded by one shard."""
+    for path in split.files:
+        yield scale(read_shard(path)[0])

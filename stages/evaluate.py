@@ -1,4 +1,4 @@
-"""Stage evaluate: score the trained model on the test set.
+"""Stage evaluate: score the trained model on the test set, streamed shard by shard.
 
 Writes metrics.json (accuracy and loss at the top, then per-class and macro precision, recall
 and F1) and predictions.csv (actual and predicted class of every test image, for DVC's
@@ -18,7 +18,9 @@ from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.files import atomic_path, write_json  # noqa: E402
 from mnist_cnn.model_files import check_fits, load_model  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
-from mnist_cnn.prepare import one_hot, read_split  # noqa: E402
+from mnist_cnn.prepare import one_hot  # noqa: E402
+from mnist_cnn.shards import open_split, read_labels  # noqa: E402
+from mnist_cnn.streaming import stream  # noqa: E402
 
 
 def class_report(y_true, y_pred, class_names):
@@ -44,18 +46,19 @@ def write_predictions(path, y_true, y_pred, class_names):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the trained model (.keras)")
-    parser.add_argument("test", help="test split (.npz from preprocess)")
+    parser.add_argument("test", help="test split (a shard folder from preprocess)")
     parser.add_argument("metrics", help="where to write the metrics (.json)")
     parser.add_argument("predictions", help="where to write actual/predicted labels (.csv)")
     args = parser.parse_args(argv)
     params = load_params()
 
     model = load_model(args.model)
-    x_test, y_test, class_names = read_split(args.test)
-    check_fits(model, args.model, x_test, class_names, args.test)
+    test = open_split(args.test)
+    check_fits(model, args.model, test)
+    y_test, class_names = read_labels(test), list(test.class_names)
 
-    batch_size = params["evaluate"]["batch_size"]
-    probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    # streamed shard by shard: memory is bounded by a shard, whatever the size of the test set
+    probabilities = model.predict(stream(test, params["evaluate"]["batch_size"], labels=False), verbose=0)
     if not np.isfinite(probabilities).all():
         raise UserError(f"{args.model} gives NaN or infinite probabilities (its weights are broken): "
                         f"run `dvc repro --force train` to retrain it")

@@ -20,8 +20,9 @@ from mnist_cnn.files import atomic_dir, atomic_path, write_json  # noqa: E402
 from mnist_cnn.model_files import check_fits, load_model  # noqa: E402
 from mnist_cnn.network import float32_network  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
-from mnist_cnn.prepare import read_split  # noqa: E402
+from mnist_cnn.prepare import scaled_shards  # noqa: E402
 from mnist_cnn.runtimes import open_model  # noqa: E402
+from mnist_cnn.shards import open_split  # noqa: E402
 
 # format in metrics/export.json -> (Keras' export format, file or folder name in the output folder)
 FORMATS = {"saved_model": ("tf_saved_model", "saved_model"),
@@ -48,17 +49,18 @@ def compare(reference, probabilities):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the trained model (.keras)")
-    parser.add_argument("test", help="test split (.npz from preprocess)")
+    parser.add_argument("test", help="test split (a shard folder from preprocess)")
     parser.add_argument("out", help="folder for saved_model/, model.onnx and model.tflite")
     parser.add_argument("metrics", help="where to write the comparison (.json)")
     args = parser.parse_args(argv)
     params = load_params()["export"]
 
     model = load_model(args.model)
-    x_test, _, class_names = read_split(args.test)
-    check_fits(model, args.model, x_test, class_names, args.test)
+    test = open_split(args.test)
+    check_fits(model, args.model, test)
     network = float32_network(model)  # ONNX takes float32 only; a mixed-precision model is exported computing in it
-    reference = network.predict(x_test, batch_size=params["batch_size"], verbose=0)
+    reference = np.concatenate([network.predict(x, batch_size=params["batch_size"], verbose=0)
+                                for x in scaled_shards(test)])  # shard by shard: memory bounded by one
 
     paths = {name: os.path.join(args.out, file) for name, (_, file) in FORMATS.items()}
     metrics, failed = {}, []
@@ -68,7 +70,9 @@ def main(argv):
             with warnings.catch_warnings():  # tf2onnx's NumPy 2 FutureWarning, TFLite's converter notes
                 warnings.simplefilter("ignore")
                 network.export(tmp, format=FORMATS[name][0], verbose=False)
-            probabilities = open_model(tmp).predict(x_test, batch_size=params["batch_size"])
+            runtime = open_model(tmp)
+            probabilities = np.concatenate([runtime.predict(x, batch_size=params["batch_size"])
+                                            for x in scaled_shards(test)])
             metrics[name] = {"size_mb": size_mb(tmp), **compare(reference, probabilities)}
             if metrics[name]["agreement"] < params["min_agreement"]:
                 failed.append(f"{name} {metrics[name]['agreement']:.2%}")
@@ -76,10 +80,10 @@ def main(argv):
             raise UserError(f"the exported model disagrees with the Keras model on too many test images "
                             f"({', '.join(failed)} agree; export.min_agreement is {params['min_agreement']:.2%}): "
                             f"nothing was written. Report it with your versions of keras, tf2onnx and ai-edge-litert")
-    write_json(args.metrics, {"images": len(x_test), **metrics})
+    write_json(args.metrics, {"images": test.images, **metrics})
     for name, values in metrics.items():
         print(f"export: {paths[name]}: {values['size_mb']:.2f} MB, same class on "
-              f"{values['agreement']:.2%} of {len(x_test)} test images, largest probability difference "
+              f"{values['agreement']:.2%} of {test.images} test images, largest probability difference "
               f"{values['max_abs_diff']:.1e}")
 
 

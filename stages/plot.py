@@ -20,6 +20,7 @@ from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.files import atomic_path, load_npz  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
 from mnist_cnn.runner import run  # noqa: E402
+from mnist_cnn.shards import open_split, read_shard  # noqa: E402
 
 # PNG metadata without a version string, so the bytes do not change with matplotlib's patch level
 PNG_METADATA = {"Software": None}
@@ -72,6 +73,18 @@ def training_curves(history):
     return fig
 
 
+def read_images(split, indices):
+    """The images at the given positions of a split (in the order given), reading only the shards that hold them."""
+    images, start = {}, 0
+    for path, size in zip(split.files, split.sizes):
+        wanted = [i for i in indices if start <= i < start + size]
+        if wanted:
+            x = read_shard(path)[0]
+            images.update((i, x[i - start]) for i in wanted)
+        start += size
+    return [images[i] for i in indices]
+
+
 def read_predictions(path):
     if not os.path.exists(path):
         raise UserError(f"{path} not found: run `dvc repro evaluate`")
@@ -93,7 +106,7 @@ def confusion_matrix(actual, predicted, class_names):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw", help="the download stage's .npz (for the first training images)")
-    parser.add_argument("test", help="test split (.npz from preprocess)")
+    parser.add_argument("test", help="test split (a shard folder from preprocess)")
     parser.add_argument("log_dir", help="the train stage's DVCLive folder")
     parser.add_argument("predictions", help="the evaluate stage's predictions (.csv)")
     parser.add_argument("output_dir", help="folder for the PNG files")
@@ -107,9 +120,9 @@ def main(argv):
     history = {(split, metric): read_history(args.log_dir, split, metric)
                for split in ("train", "eval") for metric in ("accuracy", "loss")}
     actual, predicted = read_predictions(args.predictions)
-    test_images = load_npz(args.test, "dvc repro preprocess")["x"]
-    if len(test_images) != len(actual):
-        raise UserError(f"{args.predictions} has {len(actual)} rows for {len(test_images)} test images: "
+    test = open_split(args.test)
+    if test.images != len(actual):
+        raise UserError(f"{args.predictions} has {len(actual)} rows for {test.images} test images: "
                                f"run `dvc repro` to bring them in step")
 
     count = params["samples"]
@@ -121,7 +134,7 @@ def main(argv):
          dpi)
     wrong = [i for i, (a, p) in enumerate(zip(actual, predicted)) if a != p][: params["misclassified"]]
     title = f"Misclassified test images (first {len(wrong)}, true -> predicted)" if wrong else "No errors"
-    save(image_grid(test_images[wrong], [f"{actual[i]} -> {predicted[i]}" for i in wrong], title),
+    save(image_grid(read_images(test, wrong), [f"{actual[i]} -> {predicted[i]}" for i in wrong], title),
          os.path.join(args.output_dir, "misclassified.png"), dpi)
     print(f"plot: wrote 4 figures to {args.output_dir}/")
 

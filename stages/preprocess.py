@@ -1,9 +1,10 @@
 """Stage preprocess: check the raw arrays, hold out a validation split, give the images a channel axis.
 
-Writes train.npz, val.npz and test.npz into the output folder: x, uint8 (N, H, W, C) with C = 1 for
-grayscale and 3 for RGB (mnist_cnn/prepare.py scales it when train and evaluate read it); y, integer
-labels; class_names. The validation split comes from the training set only; the test set is kept
-apart for the evaluate stage.
+Writes the folders train/, val/ and test/ into the output folder, each a split as shards of at most
+data.shard_mb MiB of images (mnist_cnn/shards.py): part-00000.npz, ... with x, uint8 (N, H, W, C)
+with C = 1 for grayscale and 3 for RGB (scaled when train and evaluate read it); y, integer labels;
+class_names. MNIST's splits are one shard each. The validation split comes from the training set
+only; the test set is kept apart for the evaluate stage.
 """
 import argparse
 import math
@@ -14,10 +15,11 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from mnist_cnn.errors import UserError
-from mnist_cnn.files import load_npz, write_npz
+from mnist_cnn.files import load_npz
 from mnist_cnn.params import PUBLISHED_DATASETS, load_params
 from mnist_cnn.prepare import with_channel_axis
 from mnist_cnn.runner import run
+from mnist_cnn.shards import write_split
 
 
 def check_raw(arrays, source):
@@ -92,7 +94,7 @@ def split_train_val(x, y, val_split, method, seed):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw", help="the download stage's .npz")
-    parser.add_argument("output_dir", help="folder for train.npz, val.npz and test.npz")
+    parser.add_argument("output_dir", help="folder for the train/, val/ and test/ shard folders")
     args = parser.parse_args(argv)
     params = load_params()
     data = params["data"]
@@ -111,9 +113,9 @@ def main(argv):
     check_every_class_is_split(y_train, y_fit, y_val, class_names, method)
 
     for name, x, y in (("train", x_fit, y_fit), ("val", x_val, y_val), ("test", raw["x_test"], raw["y_test"])):
-        write_npz(os.path.join(args.output_dir, f"{name}.npz"),
-                         {"x": with_channel_axis(x), "y": y.astype(np.int64), "class_names": class_names})
-        print(f"preprocess: {name}: {len(x)} images")
+        shards = write_split(os.path.join(args.output_dir, name), with_channel_axis(x), y.astype(np.int64),
+                             class_names, data["shard_mb"])
+        print(f"preprocess: {name}: {len(x)} images in {shards} shard(s)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Stage train: build the notebook's CNN from model.* params and fit it, validating on the held-out split.
 
+A split of one shard (MNIST's) is read whole and shuffled whole each epoch, as the notebook's fit()
+did; a larger one is streamed shard by shard through a shuffle buffer (mnist_cnn/streaming.py).
+With train.distribute: multi_worker, several processes train one model (mnist_cnn/multi_worker.py).
 Logs accuracy and loss per epoch for train and validation with DVCLive, and saves the model in
 the native Keras format. The test set is never read here.
 """
@@ -7,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 
 from mnist_cnn.runner import quiet_tensorflow, run
@@ -19,10 +23,13 @@ from dvclive.keras import DVCLiveCallback  # noqa: E402
 from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.files import atomic_dir, write_json  # noqa: E402
 from mnist_cnn.machine import cpu_has_bf16  # noqa: E402
+from mnist_cnn import multi_worker  # noqa: E402
 from mnist_cnn.model_files import save_model  # noqa: E402
 from mnist_cnn.network import AugmentationOff, augments, build_model, inference_model  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
 from mnist_cnn.prepare import one_hot, read_split  # noqa: E402
+from mnist_cnn.shards import open_split  # noqa: E402
+from mnist_cnn.streaming import stream  # noqa: E402
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -47,11 +54,11 @@ def resolve_precision(choice):
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def learning_rate(train, train_size):
+def learning_rate(train, steps_per_epoch):
     """Adam's learning rate: constant, or cosine decay to 0 after a linear warm-up from 0 (one cycle)."""
     if train["schedule"] == "constant":
         return train["learning_rate"]
-    steps = train["epochs"] * math.ceil(train_size / train["batch_size"])
+    steps = train["epochs"] * steps_per_epoch
     warmup = int(train["warmup"] * steps)
     if not warmup:
         return keras.optimizers.schedules.CosineDecay(train["learning_rate"], steps)
@@ -68,6 +75,8 @@ def set_threads(threads):
 
 def distribution_strategy(choice):
     """The tf.distribute strategy for train.distribute; the global batch is split across its replicas."""
+    if choice == "multi_worker":  # created before any other TensorFlow op, as the strategy requires
+        return multi_worker.strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if choice == "auto":
         choice = "mirrored" if len(gpus) > 1 else "none"
@@ -76,10 +85,7 @@ def distribution_strategy(choice):
     if choice == "mirrored":  # every local GPU, else every logical CPU device
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
-    raise UserError(
-        "train.distribute = multi_worker does not work with the pinned Keras 3.15: Keras 3's fit() "
-        "fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). Use mirrored (all GPUs of one "
-        "machine) and see docs/scaling.md")
+    raise ValueError(f"unknown train.distribute {choice!r}")  # params.py allows no other
 
 
 def seed_everything(seed):
@@ -88,10 +94,31 @@ def seed_everything(seed):
     tf.config.experimental.enable_op_determinism()
 
 
+def training_data(train_split, val_split, train, seed):
+    """fit()'s data arguments: arrays for a split of one shard (the notebook's fit, shuffled whole each epoch),
+    a tf.data stream for a larger one (a shuffle buffer of train.shuffle_buffer images)."""
+    num_classes = len(train_split.class_names)
+    if len(train_split.files) == 1:
+        x, labels, _ = read_split(train_split.folder)
+        data = {"x": x, "y": one_hot(labels, num_classes), "batch_size": train["batch_size"], "shuffle": True}
+        print(f"train: {train_split.images} training images in memory")
+    else:
+        data = {"x": stream(train_split, train["batch_size"], shuffle_buffer=train["shuffle_buffer"], seed=seed)}
+        print(f"train: {train_split.images} training images streamed from {len(train_split.files)} shards, "
+              f"shuffled through a buffer of {train['shuffle_buffer']}")
+    if len(val_split.files) == 1:
+        x_val, val_labels, _ = read_split(val_split.folder)
+        data.update(validation_data=(x_val, one_hot(val_labels, num_classes)),
+                    validation_batch_size=train["val_batch_size"])
+    else:
+        data["validation_data"] = stream(val_split, train["val_batch_size"])
+    return data
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("train", help="training split (.npz from preprocess)")
-    parser.add_argument("val", help="validation split (.npz from preprocess)")
+    parser.add_argument("train", help="training split (a shard folder from preprocess)")
+    parser.add_argument("val", help="validation split (a shard folder from preprocess)")
     parser.add_argument("model", help="where to save the trained model (.keras); classes.json goes beside it")
     parser.add_argument("log_dir", help="DVCLive folder for the per-epoch metrics")
     args = parser.parse_args(argv)
@@ -101,27 +128,31 @@ def main(argv):
     if off >= train["epochs"]:
         raise UserError(f"model.augment.off_last_epochs = {off} leaves no augmented epoch of train.epochs = "
                                f"{train['epochs']}; make it smaller than train.epochs")
+    train_split, val_split = open_split(args.train), open_split(args.val)
+    class_names = list(train_split.class_names)
+    workers = multi_worker.cluster() if train["distribute"] == "multi_worker" else None
+    if workers:
+        steps_per_epoch = multi_worker.steps_per_epoch(train_split, train["batch_size"], workers[1])
+    else:
+        steps_per_epoch = math.ceil(train_split.images / train["batch_size"])
 
     set_threads(train["threads"])
+    strategy = distribution_strategy(train["distribute"])
     seed_everything(params["seed"])
     precision = resolve_precision(train["precision"])
-    x_train, labels, class_names = read_split(args.train)
-    x_val, val_labels, _ = read_split(args.val)
-    y_train, y_val = one_hot(labels, len(class_names)), one_hot(val_labels, len(class_names))
-    strategy = distribution_strategy(train["distribute"])
     steps_per_execution = train["steps_per_execution"]
-    if strategy.num_replicas_in_sync > 1 and steps_per_execution > 1:
+    if strategy.num_replicas_in_sync > 1 and steps_per_execution > 1 and not workers:
         # Keras 3.15's multi-step loop fails under MirroredStrategy ("You must feed a value for
         # placeholder tensor"); one step per call is the same training, only slower
         print(f"train: steps_per_execution {steps_per_execution} -> 1 under {type(strategy).__name__}")
         steps_per_execution = 1
     with strategy.scope():  # variables are created on (mirrored across) the strategy's devices
         try:
-            model = build_model(params["model"], x_train.shape[1:], len(class_names), precision)
+            model = build_model(params["model"], train_split.image_shape, len(class_names), precision)
         except ValueError as e:  # e.g. too many pooling layers for a 28x28 input
             raise UserError(f"model.* params give an impossible network ({str(e).splitlines()[0]}); "
                                    f"use fewer conv_filters or smaller kernel_size/pool_size")
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate(train, len(x_train)))
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate(train, steps_per_epoch))
         if precision == "mixed_float16":  # float16 gradients underflow without loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
@@ -133,28 +164,33 @@ def main(argv):
     print(f"train: {strategy.num_replicas_in_sync} replica(s), global batch {train['batch_size']}, "
           f"precision {precision}")
     model.summary(print_fn=lambda line, **_: print(line))
+    chief = not workers or workers[0] == 0
 
-    # DVCLive logs into a temporary folder that replaces log_dir only when training completes
-    with atomic_dir(args.log_dir) as log_dir:
+    # DVCLive logs into a temporary folder that replaces log_dir only when training completes; a worker
+    # other than the chief logs into one that is thrown away: worker 0 writes the model and the log
+    with atomic_dir(args.log_dir) if chief else tempfile.TemporaryDirectory() as log_dir:
         callbacks = [DVCLiveCallback(live=Live(log_dir, dvcyaml=False, save_dvc_exp=False)), StopOnNonFiniteLoss()]
         if off:
             callbacks.append(AugmentationOff(train["epochs"] - off))
             print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
         start = time.perf_counter()
-        model.fit(
-            x_train,
-            y_train,
-            batch_size=train["batch_size"],
-            epochs=train["epochs"],
-            validation_data=(x_val, y_val),
-            validation_batch_size=train["val_batch_size"],
-            shuffle=True,
-            callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        if workers:
+            per_epoch = multi_worker.fit(model, strategy, optimizer, train_split, val_split, train["epochs"], train,
+                                         params["seed"], callbacks)
+        else:
+            model.fit(
+                **training_data(train_split, val_split, train, params["seed"]),
+                epochs=train["epochs"],
+                callbacks=callbacks,
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+            per_epoch = train_split.images
         seconds = time.perf_counter() - start
-        print(f"train: fit took {seconds:.1f} s, {train['epochs'] * len(x_train) / seconds:.0f} training images/s "
+        print(f"train: fit took {seconds:.1f} s, {train['epochs'] * per_epoch / seconds:.0f} training images/s "
               f"(validation included)")
+        if not chief:
+            print(f"train: worker {workers[0]} of {workers[1]} done; worker 0 writes the model and the log")
+            return
         save_model(inference_model(model), args.model)  # before the log lands: no log without its model
         write_json(os.path.join(os.path.dirname(args.model), "classes.json"), class_names)
     print(f"train: saved {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB)")

@@ -104,6 +104,21 @@ def processed_dir(tmp_path_factory):
     return directory
 
 
+SHARD_MB = 0.05  # 66 images of 28x28 per shard: the tiny training split in 4 shards, as a large dataset would be
+
+
+@pytest.fixture(scope="session")
+def sharded_dir(tmp_path_factory):
+    """The tiny dataset of processed_dir, preprocessed with data.shard_mb = SHARD_MB: several shards per split."""
+    directory = tmp_path_factory.mktemp("sharded")
+    write_npz(directory / "raw.npz", {**tiny_arrays(), "class_names": np.array([str(d) for d in range(10)])})
+    write_params(directory, data__shard_mb=SHARD_MB)
+    result = subprocess.run([sys.executable, "-m", "stages.preprocess", "raw.npz", "."], cwd=directory,
+                            env={**os.environ, **CODE_ENV}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1; special paths misbehave: /stall/* never answers in time,
@@ -204,9 +219,9 @@ def trained_run(tmp_path_factory, processed_dir):
         # float32 on every machine (auto is bfloat16 on a CPU with AVX512-BF16): the exported models compute in
         # float32, and the tests compare them with this model's own predictions to 1e-4
         write_params(directory, train__epochs=4, train__batch_size=16, train__precision="float32")
-        train.main([str(processed_dir / "train.npz"), str(processed_dir / "val.npz"), str(paths["model"]),
+        train.main([str(processed_dir / "train"), str(processed_dir / "val"), str(paths["model"]),
                     str(paths["log_dir"])])
-        evaluate.main([str(paths["model"]), str(processed_dir / "test.npz"), str(paths["metrics"]),
+        evaluate.main([str(paths["model"]), str(processed_dir / "test"), str(paths["metrics"]),
                        str(paths["predictions"])])
     finally:
         os.chdir(cwd)
@@ -223,7 +238,7 @@ def exported_run(trained_run):
     cwd = os.getcwd()
     os.chdir(directory)
     try:
-        export.main([str(trained_run["model"]), str(trained_run["processed"] / "test.npz"), str(paths["exports"]),
+        export.main([str(trained_run["model"]), str(trained_run["processed"] / "test"), str(paths["exports"]),
                      str(paths["export_metrics"])])
     finally:
         os.chdir(cwd)

@@ -1,4 +1,5 @@
 """Scaling out with tf.distribute, shown on CPU: select with pytest -k "distribut or mirrored or multi_worker"."""
+import dataclasses
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import textwrap
 import pytest
 
 from conftest import CODE_ENV, run_stage, write_params
+from mnist_cnn.errors import UserError
 from stages import train
 
 # Runs the train stage with the CPU split into two logical devices, as two GPUs would be.
@@ -24,14 +26,14 @@ TWO_DEVICES = textwrap.dedent("""
 
 def train_and_evaluate(workdir, processed_dir, script=None):
     """Train (optionally through a launcher script) and evaluate; returns train's stdout and the metrics."""
-    args = [processed_dir / "train.npz", processed_dir / "val.npz", "models/model.keras", "log"]
+    args = [processed_dir / "train", processed_dir / "val", "models/model.keras", "log"]
     if script:
         result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=workdir,
                                 env={**os.environ, **CODE_ENV}, capture_output=True, text=True, timeout=600)
     else:
         result = run_stage("stages.train", *args, cwd=workdir)
     assert result.returncode == 0, result.stderr
-    evaluated = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test.npz", "evaluate.json",
+    evaluated = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test", "evaluate.json",
                           "predictions.csv", cwd=workdir)
     assert evaluated.returncode == 0, evaluated.stderr
     return result.stdout, json.loads((workdir / "evaluate.json").read_text())
@@ -69,50 +71,77 @@ def test_distribute_picks_devices_by_what_the_machine_has(monkeypatch, choice, g
 
 
 @pytest.mark.slow
-def test_distribute_multi_worker_is_refused_in_one_line(processed_dir, workdir):
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, "train.distribute = multi_worker needs TF_CONFIG in every worker's environment"),
+    ("{not json", "is not a worker cluster: it must look like"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "is not a worker cluster"),
+])
+def test_multi_worker_without_a_valid_tf_config_is_one_line(processed_dir, workdir, tf_config, expected):
     write_params(workdir, train__distribute="multi_worker")
-    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
-                       cwd=workdir)
+    env = {"TF_CONFIG": tf_config} if tf_config else {}
+    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
+                       cwd=workdir, env=env)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "keras-team/keras#20585" in lines[0] and "Use mirrored" in lines[0], lines
+    assert len(lines) == 1 and expected in lines[0] and "docs/scaling.md" in lines[0] or "index" in lines[0], lines
+    assert not (workdir / "m.keras").exists() and not (workdir / "log").exists()
 
 
-# The smallest multi-worker Keras program: what train.distribute = multi_worker would need to work.
-WORKER = textwrap.dedent("""
-    import numpy as np, tensorflow as tf, keras
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
-        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = np.zeros((256, 28, 28, 1), "float32"), np.zeros(256, "int64")
-    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(64), epochs=1, verbose=0)
-    print("trained with", strategy.num_replicas_in_sync, "replicas")
-""")
+def test_multi_worker_needs_a_shard_per_worker_and_an_even_batch(processed_dir, monkeypatch):
+    from mnist_cnn import multi_worker
+    from mnist_cnn.shards import open_split
+    split = open_split(processed_dir / "train")  # one shard
+    with pytest.raises(UserError, match=r"has 1 shard\(s\) for 2 workers.*lower data.shard_mb to 0.089 or less"):
+        multi_worker.steps_per_epoch(split, 16, 2)
+    two = dataclasses.replace(split, files=split.files * 2, sizes=split.sizes * 2)
+    with pytest.raises(UserError, match="train.batch_size = 15 does not split evenly over 2 workers"):
+        multi_worker.steps_per_epoch(two, 15, 2)
+    assert multi_worker.steps_per_epoch(two, 16, 2) == split.images // 8
 
 
-class KerasMultiWorkerBug(Exception):
-    """The known failure: PerReplica values reach convert_to_tensor inside Keras 3's fit()."""
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=KerasMultiWorkerBug,
-                   reason="Keras 3.15 fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)")
-def test_multi_worker_two_processes_train_one_model_together(tmp_path):
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers = [subprocess.Popen(
-        [sys.executable, "-c", WORKER], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
-        for index in range(2)]
-    results = [worker.communicate(timeout=300) for worker in workers]
-    for worker, (stdout, stderr) in zip(workers, results):
-        if worker.returncode != 0 and "PerReplica" in stderr and "to a Tensor" in stderr:
-            raise KerasMultiWorkerBug(stderr.strip().splitlines()[-1])
-        assert worker.returncode == 0, stderr  # any other failure is ours, not the known one
-        assert "trained with 2 replicas" in stdout
+def test_multi_worker_two_processes_train_one_model_together(sharded_dir, tmp_path, trained_run):
+    """Two workers on 127.0.0.1, each streaming its own shards, train one model; worker 0 writes it."""
+    single = json.loads(trained_run["metrics"].read_text())  # the same tiny run in one process
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        workdir = tmp_path / f"worker{index}"
+        workdir.mkdir()
+        write_params(workdir, train__epochs=4, train__batch_size=16, train__distribute="multi_worker")
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "stages.train", sharded_dir / "train", sharded_dir / "val", "models/model.keras",
+             "log"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **CODE_ENV, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "3"}))
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+        assert "train: 2 replica(s), global batch 16" in stdout
+    first, second = (stdout for stdout, _ in outputs)
+    assert "train: worker 0 of 2 reads part-00000.npz, part-00002.npz (132 images)" in first
+    assert "train: worker 1 of 2 reads part-00001.npz, part-00003.npz (108 images)" in second
+
+    def epochs(stdout):  # the per-epoch metrics, without the seconds
+        return [line.split(" - ", 2)[2] for line in stdout.splitlines() if line.startswith("Epoch ")]
+
+    assert len(epochs(first)) == 4 and epochs(first) == epochs(second)  # one model: the same metrics in both
+    assert (tmp_path / "worker0" / "models" / "model.keras").exists()
+    assert (tmp_path / "worker0" / "log" / "plots" / "metrics" / "eval" / "accuracy.tsv").exists()
+    assert not (tmp_path / "worker1" / "models").exists() and not (tmp_path / "worker1" / "log").exists()
+    assert "worker 0 writes the model and the log" in second
+    evaluated = run_stage("stages.evaluate", "models/model.keras", sharded_dir / "test", "evaluate.json",
+                          "predictions.csv", cwd=tmp_path / "worker0")
+    assert evaluated.returncode == 0, evaluated.stderr
+    accuracy = json.loads((tmp_path / "worker0" / "evaluate.json").read_text())["accuracy"]
+    assert abs(accuracy - single["accuracy"]) <= 0.15 and accuracy > 0.5, (accuracy, single["accuracy"])

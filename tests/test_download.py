@@ -387,3 +387,19 @@ def test_special_files_in_an_image_folder_are_skipped_or_stop_with_one_line(tmp_
     stopped = run_folder(tmp_path, folder)
     lines = stopped.stderr.strip().splitlines()
     assert stopped.returncode == 1 and len(lines) == 1 and "dangling symbolic link" in lines[0], lines
+
+
+def test_an_image_folder_read_by_one_or_two_processes_gives_the_same_bytes(tmp_path):
+    folder = image_folder(tmp_path / "mine", classes=("one", "two", "three"), per_class=40)
+    special_files(folder / "two")  # skipped in the same places by either
+    outputs, messages = [], []
+    for workers in (1, 2):
+        result = run_folder(tmp_path, folder, data__folder__workers=workers, data__folder__bad_images="skip")
+        assert result.returncode == 0, result.stderr
+        outputs.append(md5(tmp_path / "raw.npz"))
+        messages.append(result.stderr)
+    assert outputs[0] == outputs[1] and messages[0] == messages[1]
+    assert load_npz(tmp_path / "raw.npz")["y_train"].size == 96  # 121 images, 25 held out for test
+    stopped = run_folder(tmp_path, folder, data__folder__workers=2)  # the first bad file in order stops it
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 1 and len(lines) == 1 and "two/dangling.png: a dangling symbolic link" in lines[0]

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import run_stage
 from mnist_cnn.errors import UserError
-from mnist_cnn.files import load_npz, write_json, write_npz
+from mnist_cnn.files import write_json
+from mnist_cnn.shards import open_split, read_all, read_labels, write_split
 
 
 def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
@@ -24,7 +25,7 @@ def test_metrics_have_accuracy_and_loss_on_top_and_a_class_report(trained_run):
 def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
     with open(trained_run["predictions"]) as f:
         rows = list(csv.DictReader(f))
-    labels = load_npz(trained_run["processed"] / "test.npz")["y"]
+    labels = read_labels(open_split(trained_run["processed"] / "test"))
     assert [r["actual"] for r in rows] == [str(y) for y in labels]
     accuracy = np.mean([r["actual"] == r["predicted"] for r in rows])
     assert accuracy == json.loads(trained_run["metrics"].read_text())["accuracy"]
@@ -32,7 +33,7 @@ def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
 
 @pytest.mark.slow
 def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
-    result = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test.npz", "m.json", "p.csv",
+    result = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test", "m.json", "p.csv",
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -43,7 +44,7 @@ def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
 @pytest.mark.slow
 def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
     (workdir / "model.keras").write_bytes(b"not a model")
-    result = run_stage("stages.evaluate", "model.keras", processed_dir / "test.npz", "m.json", "p.csv", cwd=workdir)
+    result = run_stage("stages.evaluate", "model.keras", processed_dir / "test", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.keras is not a Keras model"), lines
@@ -51,12 +52,12 @@ def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
 
 @pytest.mark.slow
 def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir):
-    test = load_npz(trained_run["processed"] / "test.npz")
-    write_npz(workdir / "test.npz", {**test, "class_names": np.array(["a", "b", "c"])})
-    result = run_stage("stages.evaluate", trained_run["model"], "test.npz", "m.json", "p.csv", cwd=workdir)
+    x, y = read_all(open_split(trained_run["processed"] / "test"))
+    write_split(workdir / "test", x, y, np.array(["a", "b", "c"]), 64)
+    result = run_stage("stages.evaluate", trained_run["model"], "test", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "does not fit test.npz" in lines[0] and "run `dvc repro`" in lines[0], lines
+    assert len(lines) == 1 and "does not fit test (" in lines[0] and "run `dvc repro`" in lines[0], lines
     assert not (workdir / "m.json").exists()
 
 
@@ -72,13 +73,13 @@ def test_a_model_with_broken_weights_writes_no_metrics(trained_run, workdir):
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
     save_model(model, workdir / "nan.keras")
     with pytest.raises(UserError, match=r"nan.keras gives NaN or infinite probabilities \(its weights are broken\)"):
-        evaluate_in(workdir, workdir / "nan.keras", trained_run["processed"] / "test.npz")
+        evaluate_in(workdir, workdir / "nan.keras", trained_run["processed"] / "test")
     assert not (workdir / "m.json").exists()
 
 
 def test_models_safe_mode_refuses_or_that_take_no_images_are_one_line(trained_run, workdir):
     import keras
-    test = trained_run["processed"] / "test.npz"
+    test = trained_run["processed"] / "test"
     lambda_model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(lambda x: x), keras.layers.Flatten(),
                                      keras.layers.Dense(10, activation="softmax")])
     lambda_model.save(workdir / "lambda.keras")

@@ -20,7 +20,7 @@ FILES = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tf
 
 def test_each_format_is_written_and_agrees_with_the_keras_model(exported_run):
     metrics = json.loads(exported_run["export_metrics"].read_text())
-    x_test, _, _ = read_split(exported_run["processed"] / "test.npz")
+    x_test, _, _ = read_split(exported_run["processed"] / "test")
     assert metrics["images"] == len(x_test)
     keras_probabilities = open_model(str(exported_run["model"])).predict(x_test)
     for name, file in FILES.items():
@@ -62,7 +62,7 @@ def test_too_little_agreement_stops_the_stage_and_writes_nothing(exported_run, t
     write_params(tmp_path)
     with pytest.raises(UserError, match=r"disagrees with the Keras model on too many test images \(saved_model "
                                         r"\d+\.\d+%, onnx .*export.min_agreement is 99.90%\): nothing was written"):
-        export.main([str(exported_run["model"]), str(exported_run["processed"] / "test.npz"), str(out),
+        export.main([str(exported_run["model"]), str(exported_run["processed"] / "test"), str(out),
                      str(tmp_path / "export.json")])
     assert (out / "model.onnx").read_bytes() == b"previous" and not (out / "model.tflite").exists()
     assert sorted(os.listdir(out)) == ["model.onnx", "saved_model"] and not (tmp_path / "export.json").exists()
@@ -128,7 +128,7 @@ def test_a_mixed_precision_model_is_exported_computing_in_float32(exported_run, 
 
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path)
-    x, labels, names = read_split(exported_run["processed"] / "train.npz")
+    x, labels, names = read_split(exported_run["processed"] / "train")
     model = build_model(params["model"], x.shape[1:], len(names), "mixed_bfloat16")
     model.compile("adam", "categorical_crossentropy")
     model.fit(x, one_hot(labels, len(names)), epochs=1, batch_size=32, verbose=0)
@@ -139,7 +139,7 @@ def test_a_mixed_precision_model_is_exported_computing_in_float32(exported_run, 
     assert {layer.dtype_policy.name for layer in network.layers} == {"float32"}
     np.testing.assert_allclose(network.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=0.01)
     assert load_params()["export"]["min_agreement"] == 0.999
-    export.main([str(tmp_path / "models" / "model.keras"), str(exported_run["processed"] / "test.npz"),
+    export.main([str(tmp_path / "models" / "model.keras"), str(exported_run["processed"] / "test"),
                  str(tmp_path / "models"), str(tmp_path / "export.json")])
     metrics = json.loads((tmp_path / "export.json").read_text())
     assert all(metrics[name]["agreement"] == 1.0 and metrics[name]["max_abs_diff"] < 1e-5 for name in FILES)

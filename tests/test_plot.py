@@ -16,7 +16,7 @@ FIGURES = ("samples.png", "training_curves.png", "confusion_matrix.png", "miscla
 def plot_args(trained_run, workdir):
     raw = workdir / "raw.npz"
     write_npz(raw, {**tiny_arrays(n_train=300, n_test=100), "class_names": np.array(list("0123456789"))})
-    return [str(raw), str(trained_run["processed"] / "test.npz"), str(trained_run["log_dir"]),
+    return [str(raw), str(trained_run["processed"] / "test"), str(trained_run["log_dir"]),
             str(trained_run["predictions"])]
 
 

@@ -20,7 +20,7 @@ CHECK = [sys.executable, os.path.join(REPO, "tools", "check_reproduction.py")]
 def test_pull_gives_a_clone_everything_without_rerunning(clone):
     assert not (clone / "models" / "model.keras").exists()
     sh(clone, "dvc", "pull")
-    for path in ("data/raw/dataset.npz", "data/processed/train.npz", "models/model.keras", "metrics/evaluate.json",
+    for path in ("data/raw/dataset.npz", "data/processed/train", "models/model.keras", "metrics/evaluate.json",
                  "plots/confusion_matrix.png"):
         assert (clone / path).exists(), path
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status").stdout

@@ -26,7 +26,7 @@ def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, wor
 @pytest.mark.slow
 def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir):
     write_params(workdir, model__augment__zoom=0.1, model__augment__off_last_epochs=10)
-    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -52,7 +52,7 @@ def test_auto_precision_covers_gpu_bf16_cpu_and_plain_cpu(monkeypatch, gpus, bf1
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     params = {**DEFAULTS["train"], "schedule": "cosine", "warmup": 0.1, "learning_rate": 0.004, "epochs": 2,
               "batch_size": 100}
-    schedule = train.learning_rate(params, train_size=1000)  # 10 steps per epoch: 20 steps, 2 warming up
+    schedule = train.learning_rate(params, steps_per_epoch=10)  # 20 steps, 2 warming up
     rates = [float(schedule(step)) for step in range(21)]
     assert rates[0] == 0 and rates[1] == pytest.approx(0.002) and rates[2] == pytest.approx(0.004)
     assert all(a > b for a, b in zip(rates[2:], rates[3:])) and rates[20] == pytest.approx(0, abs=1e-9)
@@ -62,7 +62,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 @pytest.mark.slow
 def test_impossible_network_is_a_user_error(processed_dir, workdir):
     write_params(workdir, model__conv_filters=[8, 8, 8, 8], model__pool_size=3)
-    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "m.keras", "log",
+    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -85,7 +85,7 @@ def test_training_learns_and_logs_every_epoch(trained_run):
 
 def train_once(processed_dir, directory, **overrides):
     write_params(directory, **{"train__epochs": 1, **overrides})
-    train.main([str(processed_dir / "train.npz"), str(processed_dir / "val.npz"), str(directory / "m.keras"),
+    train.main([str(processed_dir / "train"), str(processed_dir / "val"), str(directory / "m.keras"),
                 str(directory / "log")])
     weights = keras.saving.load_model(directory / "m.keras").get_weights()
     return weights, (directory / "log" / "metrics.json").read_text()
@@ -122,10 +122,10 @@ def test_speed_knobs_do_not_change_the_results(processed_dir, workdir):
 
 @pytest.mark.slow
 def test_missing_training_data_is_one_line(workdir):
-    result = run_stage("stages.train", "nope/train.npz", "nope/val.npz", "m.keras", "log", cwd=workdir)
+    result = run_stage("stages.train", "nope/train", "nope/val", "m.keras", "log", cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: nope/train.npz not found: run `dvc repro preprocess` to create it"]
+        "error: nope/train is not a folder of shards: run `dvc repro preprocess` to create it"]
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def ignore_sigint():
 
 def interrupt_training(processed_dir, workdir, signal_number, started_ignoring_sigint=False):
     write_params(workdir, train__epochs=200, train__batch_size=8)
-    process = start_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
+    process = start_stage("stages.train", processed_dir / "train", processed_dir / "val",
                           "models/model.keras", "log", cwd=workdir,
                           preexec_fn=ignore_sigint if started_ignoring_sigint else None)
     wait_for_line(process, "Epoch 2/")
@@ -191,7 +191,7 @@ def test_interrupted_training_leaves_the_previous_model_and_log(processed_dir, w
 def test_a_loss_that_turns_non_finite_stops_training_without_a_model(processed_dir, workdir, previous_log):
     log_before = tree(previous_log)
     write_params(workdir, train__epochs=3, train__learning_rate=1e30)
-    result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz", "models/model.keras",
+    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "models/model.keras",
                        "log", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -205,7 +205,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workd
     write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "size=1m") as models:
         (models / "model.keras").write_bytes(b"previous model")
-        result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
+        result = run_stage("stages.train", processed_dir / "train", processed_dir / "val",
                            "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
@@ -219,7 +219,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workd
 def test_read_only_output_folder_is_one_line(processed_dir, workdir):
     write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "ro", "size=1m") as models:
-        result = run_stage("stages.train", processed_dir / "train.npz", processed_dir / "val.npz",
+        result = run_stage("stages.train", processed_dir / "train", processed_dir / "val",
                            "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()

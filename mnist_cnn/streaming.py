@@ -1,0 +1,60 @@
+"""A split streamed with tf.data: shards read in parallel, shuffled through a buffer, scaled on the fly, prefetched.
+
+Memory is bounded by the shards being read (SHARDS_READ at a time, each at most data.shard_mb MiB
+of uint8), the shuffle buffer (train.shuffle_buffer uint8 images) and a few float32 batches, never
+by the size of the dataset. The pixels and labels each batch holds are those of prepare.scale and
+prepare.one_hot: float32 / 255 and one-hot rows.
+"""
+import math
+
+import tensorflow as tf
+
+from mnist_cnn.shards import read_shard
+
+SHARDS_READ = 2  # shards read at once, interleaved: one is read while the other feeds the batches
+
+
+def _load(path):
+    return read_shard(path.decode())
+
+
+def stream(split, batch_size, *, shuffle_buffer=0, seed=0, worker=(0, 1), labels=True, drop_remainder=False,
+           steps=None):
+    """A tf.data pipeline over a split's shards (worker (index, count): only that worker's part of them).
+
+    shuffle_buffer > 0 shuffles the shard order and the images through a buffer of that many images,
+    seeded and differently each epoch; 0 keeps the order (validation, evaluation). Batches are
+    (images, one-hot labels), or images alone with labels=False; steps caps the batches per epoch
+    (multi-worker training, where every worker must take as many steps as the others).
+    """
+    files, images = split.part(*worker)
+    num_classes = len(split.class_names)
+    dataset = tf.data.Dataset.from_tensor_slices(list(files))
+    if shuffle_buffer:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def load(path):
+        x, y = tf.numpy_function(_load, [path], (tf.uint8, tf.int64), stateful=False)
+        x.set_shape((None, *split.image_shape))
+        y.set_shape((None,))
+        return x, y
+
+    parallel = min(SHARDS_READ, len(files))
+    if shuffle_buffer:  # images of `parallel` shards taken in turn, then shuffled through the buffer
+        dataset = dataset.interleave(lambda path: tf.data.Dataset.from_tensor_slices(load(path)),
+                                     cycle_length=parallel, num_parallel_calls=parallel, deterministic=True)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    else:  # in order, as the labels are: shards read `parallel` at a time, their images one shard after another
+        dataset = dataset.map(load, num_parallel_calls=parallel, deterministic=True)
+        dataset = dataset.flat_map(lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)))
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+    def prepare(x, y):
+        x = tf.cast(x, tf.float32) / 255
+        return (x, tf.one_hot(y, num_classes, dtype=tf.float32)) if labels else x
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = images // batch_size if drop_remainder else math.ceil(images / batch_size)
+    if steps is not None:
+        dataset, batches = dataset.take(steps), min(steps, batches)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
