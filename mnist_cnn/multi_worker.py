@@ -107,10 +107,13 @@ def fit(model, strategy, optimizer, train_split, val_split, epochs, train, seed,
         return tf.reduce_sum(losses), tf.reduce_sum(correct)
 
     @tf.function
-    def train_step(iterator):
-        loss_sum, correct = strategy.run(replica_step, args=next(iterator))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+    def train_steps(iterator, count):  # `count` steps in one call into TensorFlow (train.steps_per_execution)
+        loss_total, correct_total = tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(count):
+            loss_sum, correct = strategy.run(replica_step, args=next(iterator))
+            loss_total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
+            correct_total += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return loss_total, correct_total
 
     @tf.function
     def val_step(x, y):
@@ -127,8 +130,9 @@ def fit(model, strategy, optimizer, train_split, val_split, epochs, train, seed,
         start = time.perf_counter()
         loss_sum = correct = 0.0
         iterator = iter(data)
-        for _ in range(steps):
-            step_loss, step_correct = train_step(iterator)
+        for done in range(0, steps, train["steps_per_execution"]):
+            count = tf.constant(min(train["steps_per_execution"], steps - done))
+            step_loss, step_correct = train_steps(iterator, count)
             loss_sum, correct = loss_sum + float(step_loss), correct + float(step_correct)
         seen = steps * batch_size
         val_loss = val_correct = 0.0
