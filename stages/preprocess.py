@@ -19,7 +19,7 @@ from mnist_cnn.files import load_npz
 from mnist_cnn.params import PUBLISHED_DATASETS, load_params
 from mnist_cnn.prepare import with_channel_axis
 from mnist_cnn.runner import run
-from mnist_cnn.shards import write_split
+from mnist_cnn.shards import rows_per_shard, write_split
 
 
 def check_raw(arrays, source):
@@ -91,6 +91,16 @@ def split_train_val(x, y, val_split, method, seed):
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
 
+def mix_for_streaming(x, y, shard_mb, seed):
+    """A training split of several shards is streamed through a shuffle buffer, which mixes only the images of
+    nearby shards: put it in a seeded random order first, so each shard holds every class (a folder is stored
+    class by class). A split of one shard keeps its order: it is shuffled whole each epoch."""
+    if len(x) <= rows_per_shard(x.shape[1:], shard_mb):
+        return x, y
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], y[order]
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw", help="the download stage's .npz")
@@ -112,6 +122,7 @@ def main(argv):
     class_names = raw["class_names"]
     check_every_class_is_split(y_train, y_fit, y_val, class_names, method)
 
+    x_fit, y_fit = mix_for_streaming(x_fit, y_fit, data["shard_mb"], params["seed"])
     for name, x, y in (("train", x_fit, y_fit), ("val", x_val, y_val), ("test", raw["x_test"], raw["y_test"])):
         shards = write_split(os.path.join(args.output_dir, name), with_channel_axis(x), y.astype(np.int64),
                              class_names, data["shard_mb"])
