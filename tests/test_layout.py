@@ -60,3 +60,18 @@ def test_no_cmd_interpolates_a_param():
     with open(os.path.join(REPO, "dvc.yaml")) as f:
         stages = yaml.safe_load(f)["stages"]
     assert {name: stage["cmd"] for name, stage in stages.items() if "${" in stage["cmd"]} == {}
+
+
+def test_the_committed_lock_holds_the_current_hash_of_every_code_dep():
+    """A code edit without `dvc repro` (or a refreshed lock) leaves `dvc status` reporting a changed stage."""
+    import hashlib
+    with open(os.path.join(REPO, "dvc.lock")) as f:
+        lock = yaml.safe_load(f)
+    stale = []
+    for name, stage in lock["stages"].items():
+        for dep in stage.get("deps", []):
+            if dep["path"].endswith(".py"):
+                with open(os.path.join(REPO, dep["path"]), "rb") as f:
+                    if hashlib.md5(f.read()).hexdigest() != dep["md5"]:
+                        stale.append(f"{name}: {dep['path']}")
+    assert not stale, stale
