@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ from PIL import Image, ImageDraw
 from mnist_cnn.files import write_npz
 from mnist_cnn.machine import describe
 from mnist_cnn.params import set_dotted
-from tools.project import REPO
+from tools.project import REPO, free_ports
 
 RESULTS = os.path.join(REPO, "bench", "results")
 BASE = "9882d09"  # the last commit before shards: one .npz per split, read whole
@@ -212,16 +211,6 @@ def mnist(work, raw):
                       "model_md5": md5(os.path.join(workdir, "model.keras"))}
         print(f"mnist {name}: {rows[name]}", flush=True)
     return {"runs": rows, "ratio": round(rows["shards"]["fit_seconds"] / rows["before shards"]["fit_seconds"], 3)}
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def workers(work, raw, epochs=2):

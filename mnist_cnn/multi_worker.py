@@ -76,13 +76,13 @@ def fitting_shard_mb(split, count):
     return math.floor(split.images // count * image_bytes / 2**20 * 1000) / 1000
 
 
-def fit(model, strategy, optimizer, train_split, val_split, epochs, train, seed, callbacks):
-    """Train model for `epochs` over train_split, validating on val_split after each; calls the callbacks as
-    Keras' fit() would (DVCLive gets accuracy, loss, val_accuracy and val_loss per epoch). Returns the
-    images trained on per epoch (all workers together)."""
-    index, count = cluster()
-    batch_size = train["batch_size"]
-    steps = steps_per_epoch(train_split, batch_size, count)
+def fit(model, strategy, optimizer, train_split, val_split, train, seed, callbacks, worker, steps):
+    """Train model for train.epochs over train_split, `steps` steps an epoch (steps_per_epoch), validating on
+    val_split after each; calls the callbacks as Keras' fit() would (DVCLive gets accuracy, loss,
+    val_accuracy and val_loss per epoch). worker: (index, count) from cluster(). Returns the images
+    trained on per epoch (all workers together)."""
+    index, count = worker
+    batch_size, epochs = train["batch_size"], train["epochs"]
     files, images = train_split.part(index, count)
     print(f"train: worker {index} of {count} reads {', '.join(os.path.basename(f) for f in files)} ({images} images); "
           f"{steps} steps of {batch_size // count} images per worker and epoch", flush=True)

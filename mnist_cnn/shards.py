@@ -75,8 +75,8 @@ def open_split(folder):
                 or y[0] != x[0][:1]):
             raise UserError(f"{path} is not a shard of uint8 images with their labels: delete {folder} and run "
                             f"`{REREAD}`")
-        if class_names is None:  # preprocess writes the same names into every shard
-            class_names = tuple(str(c) for c in load_npz(path, REREAD)["class_names"])
+        if class_names is None:  # preprocess writes the same names into every shard; the images stay unread
+            class_names = tuple(str(c) for c in read_arrays(path, ("class_names",))["class_names"])
         files.append(path)
         sizes.append(x[0][0])
         shapes.add(x[0][1:])

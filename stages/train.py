@@ -27,8 +27,8 @@ from mnist_cnn import multi_worker  # noqa: E402
 from mnist_cnn.model_files import save_model  # noqa: E402
 from mnist_cnn.network import AugmentationOff, augments, build_model, inference_model  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
-from mnist_cnn.prepare import one_hot, read_split  # noqa: E402
-from mnist_cnn.shards import open_split  # noqa: E402
+from mnist_cnn.prepare import one_hot, scale  # noqa: E402
+from mnist_cnn.shards import open_split, read_all  # noqa: E402
 from mnist_cnn.streaming import stream  # noqa: E402
 
 
@@ -99,16 +99,16 @@ def training_data(train_split, val_split, train, seed):
     a tf.data stream for a larger one (a shuffle buffer of train.shuffle_buffer images)."""
     num_classes = len(train_split.class_names)
     if len(train_split.files) == 1:
-        x, labels, _ = read_split(train_split.folder)
-        data = {"x": x, "y": one_hot(labels, num_classes), "batch_size": train["batch_size"], "shuffle": True}
+        x, labels = read_all(train_split)
+        data = {"x": scale(x), "y": one_hot(labels, num_classes), "batch_size": train["batch_size"], "shuffle": True}
         print(f"train: {train_split.images} training images in memory")
     else:
         data = {"x": stream(train_split, train["batch_size"], shuffle_buffer=train["shuffle_buffer"], seed=seed)}
         print(f"train: {train_split.images} training images streamed from {len(train_split.files)} shards, "
               f"shuffled through a buffer of {train['shuffle_buffer']}")
     if len(val_split.files) == 1:
-        x_val, val_labels, _ = read_split(val_split.folder)
-        data.update(validation_data=(x_val, one_hot(val_labels, num_classes)),
+        x_val, val_labels = read_all(val_split)
+        data.update(validation_data=(scale(x_val), one_hot(val_labels, num_classes)),
                     validation_batch_size=train["val_batch_size"])
     else:
         data["validation_data"] = stream(val_split, train["val_batch_size"])
@@ -175,8 +175,8 @@ def main(argv):
             print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
         start = time.perf_counter()
         if workers:
-            per_epoch = multi_worker.fit(model, strategy, optimizer, train_split, val_split, train["epochs"], train,
-                                         params["seed"], callbacks)
+            per_epoch = multi_worker.fit(model, strategy, optimizer, train_split, val_split, train, params["seed"],
+                                         callbacks, workers, steps_per_epoch)
         else:
             model.fit(
                 **training_data(train_split, val_split, train, params["seed"]),

@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ import textwrap
 import pytest
 
 from conftest import CODE_ENV, run_stage, write_params
+from tools.project import free_ports
 from mnist_cnn.errors import UserError
 from stages import train
 
@@ -106,16 +106,6 @@ def test_multi_worker_needs_a_shard_per_worker_and_an_even_batch(processed_dir):
     with pytest.raises(UserError, match="train.batch_size = 15 does not split evenly over 2 workers"):
         multi_worker.steps_per_epoch(two, 15, 2)
     assert multi_worker.steps_per_epoch(two, 16, 2) == split.images // 8
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

@@ -69,10 +69,20 @@ def serve_folder(folder, handler=QuietHandler):
         server.server_close()
 
 
+def free_ports(count):
+    """`count` distinct free ports of 127.0.0.1: each socket stays bound until all are, so none repeats."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager
