@@ -21,7 +21,7 @@ from mnist_cnn.params import load_params
 from stages import train
 from tools.project import REPO
 
-import keras  # noqa: E402,I100
+import keras  # noqa: E402  # isort: skip (after network, which quiets TensorFlow)
 
 STEPS, BATCH = 32, 128
 

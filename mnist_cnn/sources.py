@@ -147,10 +147,11 @@ def read_idx(paths):
         try:
             with gzip.open(path, "rb") as f:
                 data = f.read(MAX_IDX_BYTES + 1)
-        except (OSError, EOFError, zlib.error) as e:  # a bad header, CRC or deflate stream; gzip.BadGzipFile is an OSError
+        except (OSError, EOFError, zlib.error) as e:  # a bad header, CRC or deflate stream; BadGzipFile is an OSError
             raise SourceError(f"{os.path.basename(path)} is not a valid .gz file ({e})")
         if len(data) > MAX_IDX_BYTES:
-            raise SourceError(f"{os.path.basename(path)} decompresses to over {MAX_IDX_BYTES >> 20} MB; not a dataset file")
+            raise SourceError(f"{os.path.basename(path)} decompresses to over {MAX_IDX_BYTES >> 20} MB; "
+                              f"not a dataset file")
         arrays[name] = parse_idx(data, os.path.basename(path))
     return arrays
 

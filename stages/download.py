@@ -19,7 +19,6 @@ from mnist_cnn.params import CUSTOM_NPZ, FOLDER, load_params
 from mnist_cnn.runner import run
 from mnist_cnn.sources import SourceError, download, keras_cache_dir, parse_mirrors, read_npz
 
-
 MAX_CLASSES = 1000  # a user's .npz may label up to this many classes (docs/data.md)
 
 
@@ -52,7 +51,8 @@ def class_names_for_labels(arrays, source):
                         f"give one name per class 0..{int(present.max())}")
     duplicated = sorted(name for name, count in collections.Counter(names.tolist()).items() if count > 1)
     if duplicated:
-        raise UserError(f"{source}: class_names repeats {', '.join(map(repr, duplicated))}; give each class its own name")
+        raise UserError(f"{source}: class_names repeats {', '.join(map(repr, duplicated))}; "
+                        f"give each class its own name")
     return names
 
 

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 
 from conftest import CODE_ENV, run_stage, write_params
-from tools.project import free_ports
 from mnist_cnn.errors import UserError
 from stages import train
+from tools.project import free_ports
 
 # Runs the train stage with the CPU split into two logical devices, as two GPUs would be.
 TWO_DEVICES = textwrap.dedent("""

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import REAL_MNIST, image_folder, needs_real_mnist, run_stage, tiny_arrays, write_params
+from mnist_cnn import sources
 from mnist_cnn.datasets import DATASETS, IDX_FILES, array_digest
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import load_npz, write_npz
-from mnist_cnn import sources
 
 FAST = {"timeout": 1, "retries": 2, "backoff": 0.01}
 

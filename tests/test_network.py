@@ -1,4 +1,5 @@
-"""The network (mnist_cnn/network.py): the notebook's CNN by default, what each model param changes, the training-only layers."""
+"""The network (mnist_cnn/network.py): the notebook's CNN by default, what each model param changes,
+the training-only layers."""
 import keras
 import numpy as np
 import pytest

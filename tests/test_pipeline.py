@@ -13,8 +13,7 @@ import yaml
 from PIL import Image
 
 import conftest
-from conftest import (STAGES, TINY_PARAMS, image_folder, make_tiny_project, stages_run, wait_for_line,
-                      write_params)
+from conftest import STAGES, TINY_PARAMS, image_folder, make_tiny_project, stages_run, wait_for_line, write_params
 from mnist_cnn.shards import open_split, read_labels
 
 pytestmark = pytest.mark.slow
@@ -61,8 +60,8 @@ def test_metrics_and_plots_commands_work(project):
     sh(root, "dvc", "plots", "show", "-o", "html")
     page = (root / "html" / "index.html").read_text()
     for plot in ("Accuracy per epoch", "Loss per epoch", "Confusion matrix (test set, counts)",
-                 "Confusion matrix (test set, rates)", "eval/accuracy.tsv", "samples.png", "training_curves.png", "confusion_matrix.png",
-                 "misclassified.png"):
+                 "Confusion matrix (test set, rates)", "eval/accuracy.tsv", "samples.png", "training_curves.png",
+                 "confusion_matrix.png", "misclassified.png"):
         assert plot in page, plot
 
 

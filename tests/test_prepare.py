@@ -1,4 +1,5 @@
-"""The notebook's data preparation (mnist_cnn/prepare.py): channel axis, scaling and one-hot, as the notebook did them."""
+"""The notebook's data preparation (mnist_cnn/prepare.py): channel axis, scaling and one-hot, as the notebook
+did them."""
 import keras
 import numpy as np
 

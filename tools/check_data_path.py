@@ -14,6 +14,7 @@ from mnist_cnn.errors import UserError
 from mnist_cnn.images import BadImage, SpecialFile, check_regular_file, printable
 from mnist_cnn.params import load_params
 
+
 def problem(path):
     """Why path can't be part of a dataset (images.check_regular_file's one line), or None."""
     try:

@@ -14,6 +14,8 @@ import yaml
 
 from tools.project import REPO
 
+DVC_YAML = os.path.join(REPO, "dvc.yaml")
+
 
 def module_file(name, root):
     """The project file of a dotted module name (mnist_cnn.files -> mnist_cnn/files.py), or None."""
@@ -68,7 +70,7 @@ def code_deps(stage):
     return sorted(dep for dep in stage.get("deps", []) if isinstance(dep, str) and dep.endswith(".py"))
 
 
-def compare(dvc_yaml=os.path.join(REPO, "dvc.yaml"), root=REPO):
+def compare(dvc_yaml=DVC_YAML, root=REPO):
     """{stage: (declared code deps, import closure)} for every stage of dvc.yaml."""
     with open(dvc_yaml) as f:
         stages = yaml.safe_load(f)["stages"]
