@@ -7,7 +7,7 @@ import requests
 from conftest import digit_images, png
 from tools.browser import SEVEN, canvas_png, chromium_missing, draw, shown_label, start_chromium
 
-pytestmark = [pytest.mark.slow, pytest.mark.ci_prerequisite]  # under CI=true a skip fails: .ci/run installs it
+pytestmark = [pytest.mark.slow, pytest.mark.ci_prerequisite]  # a skip fails where .ci/run installs it
 
 
 @pytest.fixture(scope="module")
