@@ -1,32 +1,40 @@
 """Serve the trained model: a page to draw digits on at /, and an HTTP API.
 
     python -m mnist_cnn.serve [--host 127.0.0.1] [--port 8000] [--model MODEL] [--workers N]
-                              [--max-upload-mb 4] [--max-files 64]
+                              [--max-upload-mb 4] [--max-files 64] [--access-log] [--shutdown-timeout 25]
 
-    POST /predict        one image file, multipart field "file"      -> {"label", "probability", "top": [3 of them]}
+    POST /predict        one image file, multipart field "file"      -> Prediction {"label", "probability", "top"}
     POST /predict/batch  up to --max-files images, field "files"     -> {"predictions": [one per file, in order]}
     GET  /health         200 once the model is loaded                -> {"status": "ok", "model", "format", "classes"}
-    GET  /docs           FastAPI's OpenAPI page for all of the above
+    GET  /docs, /redoc   the OpenAPI pages for all of the above, their scripts served from the fastapi-offline
+                         package (no CDN: they work offline)
 
-The model is loaded once, before the server accepts a connection (once per process with --workers N,
-uvicorn's worker processes: a second core for the decoding and normalising of images, measured in
-bench/serve_load.py): models/model.onnx where the export
-stage wrote it (onnxruntime, the faster path: docs/export.md), else models/model.keras. Every image
-goes through the prediction command's normalisation (images.decode_image, then to_model_image). A bad
-request gets a 4xx status and {"detail": "one line"}; uploads are held in memory, never written to disk.
+The model is loaded in the app's lifespan, before the server accepts a connection: once per process with
+--workers N, uvicorn's worker processes (a second core for the decoding and normalising of images, measured
+in bench/serve_load.py). main loads it once first too, so that a bad model is one line before any server
+starts. models/model.onnx where the export stage wrote it (onnxruntime, the faster path: docs/export.md),
+else models/model.keras. Every image goes through the prediction command's normalisation
+(images.decode_image, then to_model_image). A bad request gets a 4xx status and {"detail": "one line"};
+uploads are held in memory, never written to disk. SIGTERM or Ctrl-C: uvicorn stops accepting connections,
+lets the requests in flight finish (up to --shutdown-timeout seconds), and the server exits 0.
 """
 import argparse
+import copy
 import io
 import json
 import os
 import threading
+from contextlib import asynccontextmanager
+from typing import Literal
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi import File, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
 
 from mnist_cnn.errors import UserError
@@ -37,22 +45,97 @@ from mnist_cnn.runtimes import class_names_for, default_model, open_model, top_c
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOP = 3  # classes returned per image
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # what browsers, curl and requests send for an image
+# Under the 30 s Kubernetes waits after SIGTERM before it kills: the server ends on its own, requests answered
+SHUTDOWN_TIMEOUT = 25
+
+
+class ClassProbability(BaseModel):
+    label: str = Field(description="a class name, as the train stage saved them in models/classes.json")
+    probability: float = Field(description="the model's probability for that class, 0 to 1")
+
+
+class Prediction(BaseModel):
+    """The model's answer for one image."""
+    label: str = Field(description="the most likely class")
+    probability: float = Field(description="that class's probability, 0 to 1")
+    top: list[ClassProbability] = Field(description=f"the {TOP} most likely classes, most likely first")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="one answer per file, in the order the files were sent")
+
+
+class Health(BaseModel):
+    """The server is up and its model loaded."""
+    status: Literal["ok"]
+    model: str = Field(description="the model file or folder the server loaded")
+    format: Literal["keras", "onnx", "litert", "saved_model"]
+    classes: list[str] = Field(description="the class names, in the model's output order")
+
+
+class Problem(BaseModel):
+    """A refused request."""
+    detail: str = Field(description="what is wrong and how to fix it, in one line")
+
+
+PREDICT_ERRORS = {  # what /predict and /predict/batch answer a bad request; OpenAPI lists them
+    400: "malformed multipart, no file field, or more files than --max-files",
+    411: "no Content-Length: a chunked body",
+    413: "a body over --max-upload-mb, refused by its headers before it is read",
+    415: "not multipart/form-data, or a file part whose type is not an image",
+    422: "not an image, an empty file, or a decompression bomb",
+}
+
+
+class ServedModel:
+    """The model a server process answers with, checked for serving: square images, its class names."""
+
+    def __init__(self, model_path):
+        self.model = open_model(model_path, threads=1)  # one thread per request; requests run side by side
+        height, width, channels = self.model.image_shape
+        if height != width:
+            raise UserError(f"{self.model.path} takes {height}x{width} images; the server brings images to a square")
+        self.size, self.rgb = height, channels == 3
+        self.class_names = class_names_for(self.model)
+        # One prediction at a time for LiteRT's interpreter, which is not thread-safe; onnxruntime, TensorFlow are
+        self.lock = threading.Lock() if self.model.format == "litert" else None
+
+    def pixels(self, data):
+        """An image file's bytes as the model's input image (raises BadImage)."""
+        return to_model_image(decode_image(io.BytesIO(data), self.rgb), self.size, self.rgb)
+
+    def classify(self, images):
+        """Model images -> one Prediction each, in one pass through the model."""
+        x = np.stack(images).reshape(-1, self.size, self.size, 3 if self.rgb else 1)
+        if self.lock is None:
+            probabilities = self.model.predict(x)
+        else:
+            with self.lock:
+                probabilities = self.model.predict(x)
+        return [self.answer(p) for p in probabilities]
+
+    def answer(self, probabilities):
+        top = top_classes(probabilities, self.class_names, TOP)
+        return Prediction(**top[0], top=top)
+
+    def health(self):
+        return Health(status="ok", model=self.model.path, format=self.model.format, classes=self.class_names)
 
 
 def create_app(model_path, max_upload_bytes=4_000_000, max_files=64):
-    """The ASGI app serving the model at model_path, loaded here, once: FastAPI behind HeaderChecks."""
-    model = open_model(model_path, threads=1)  # one thread per request; requests run side by side
-    height, width, channels = model.image_shape
-    if height != width:
-        raise UserError(f"{model.path} takes {height}x{width} images; the server brings images to a square")
-    class_names = class_names_for(model)
-    # One prediction at a time for LiteRT's interpreter, which is not thread-safe; onnxruntime, TensorFlow are
-    lock = threading.Lock() if model.format == "litert" else None
+    """The ASGI app serving the model at model_path, which its lifespan loads: FastAPI behind HeaderChecks."""
+    @asynccontextmanager
+    async def lifespan(app):
+        app.state.served = ServedModel(model_path)  # before uvicorn accepts a connection
+        yield
+
     # Starlette spools an upload to a temporary file beyond 1 MB; up to the body limit it stays in memory
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
-
-    app = FastAPI(title="MNIST CNN", version="1", form_limits={"max_files": max_files, "max_fields": 16},
-                  description="The notebook's CNN, trained by `dvc repro`: classify images of digits.")
+    # FastAPI's /docs and /redoc load their scripts from a CDN, blank pages offline; these come from a package
+    app = FastAPIOffline(title="MNIST CNN", version="1", lifespan=lifespan,
+                         form_limits={"max_files": max_files, "max_fields": 16},
+                         description="The notebook's CNN, trained by `dvc repro`: classify images of digits.")
+    errors = {status: {"model": Problem, "description": text} for status, text in PREDICT_ERRORS.items()}
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request, error):
@@ -77,38 +160,29 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64):
         if not data:
             raise HTTPException(422, f"{upload.filename}: empty file")
         try:
-            return to_model_image(decode_image(io.BytesIO(data), channels == 3), height, channels == 3)
+            return app.state.served.pixels(data)
         except BadImage as e:
             raise HTTPException(422, f"{upload.filename}: {e}")
 
-    def classify(images):
-        x = np.stack(images).reshape(-1, height, width, channels)
-        if lock is None:
-            return model.predict(x)
-        with lock:
-            return model.predict(x)
-
-    def answer(probabilities):
-        top = top_classes(probabilities, class_names, TOP)
-        return {**top[0], "top": top}
-
     @app.get("/health")
-    def health():
+    def health() -> Health:
         """200 when the model is loaded (it is, before the server answers at all)."""
-        return {"status": "ok", "model": model.path, "format": model.format, "classes": class_names}
+        return app.state.served.health()
 
-    @app.post("/predict")
-    async def predict(file: UploadFile = File(..., description="an image: PNG, JPEG, BMP, GIF, TIFF, WebP...")):
+    @app.post("/predict", responses=errors)
+    async def predict(file: UploadFile = File(..., description="an image: PNG, JPEG, BMP, GIF, TIFF, WebP...")
+                      ) -> Prediction:
         """Classify one image: its most likely class, that class's probability, and the top 3."""
         images = [await pixels_of(file)]
-        return answer(classify(images)[0])
+        return app.state.served.classify(images)[0]
 
-    @app.post("/predict/batch")
-    async def predict_batch(files: list[UploadFile] = File(..., description=f"up to {max_files} images")):
+    @app.post("/predict/batch", responses=errors)
+    async def predict_batch(files: list[UploadFile] = File(..., description=f"up to {max_files} images")
+                            ) -> BatchPrediction:
         """Classify several images in one request, in one pass through the model; answers in the files' order.
         More than --max-files files is a 400 before any is decoded."""
         images = [await pixels_of(file) for file in files]
-        return {"predictions": [answer(p) for p in classify(images)]}
+        return BatchPrediction(predictions=app.state.served.classify(images))
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -155,6 +229,15 @@ def worker_app():
     return create_app(**json.loads(os.environ[WORKER_CONFIG]))
 
 
+def logging_config():
+    """uvicorn's logging without its start-up chatter (warnings and errors stay), and the access log's one line
+    per request, written only where --access-log turns uvicorn's access log on."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["uvicorn"]["level"] = config["loggers"]["uvicorn.error"]["level"] = "WARNING"
+    config["loggers"]["uvicorn.access"]["level"] = "INFO"
+    return config
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this "
@@ -168,6 +251,12 @@ def main(argv):
     parser.add_argument("--max-upload-mb", type=float, default=4.0, metavar="MB",
                         help="largest request body accepted, in MB (default: %(default)s)")
     parser.add_argument("--max-files", type=int, default=64, help="most images in one batch (default: %(default)s)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="write a line per request to stdout (off by default: a busy server writes thousands a "
+                             "second, and a proxy in front usually logs them already)")
+    parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT, metavar="SECONDS",
+                        help="on SIGTERM or Ctrl-C, how long the requests in flight may take to finish before they "
+                             "are cut off (default: %(default)s)")
     args = parser.parse_args(argv)
     if not 0 < args.max_upload_mb <= 1024:
         raise UserError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0 and up to 1024 MB")
@@ -177,17 +266,25 @@ def main(argv):
         raise UserError(f"--max-files {args.max_files}: give 1 or more")
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: give a port from 1 to 65535")
+    if not args.shutdown_timeout > 0:
+        raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: give a number of seconds above 0")
     config = {"model_path": args.model or default_model(), "max_upload_bytes": int(args.max_upload_mb * 1e6),
               "max_files": args.max_files}
-    app = create_app(**config)  # here too with workers: a bad model is one line before any process starts
+    # A bad model is one line here, before any server process starts; each one's lifespan loads it again.
+    # (Uvicorn prints a traceback for a lifespan that fails: fine for our bugs, not for a user's wrong path.)
+    ServedModel(config["model_path"])
     print(f"serve: {config['model_path']} loaded; open http://{args.host}:{args.port}/ (the API: /docs)", flush=True)
+    # Uvicorn stops on SIGTERM and SIGINT itself: it closes the listening socket, lets the requests in flight
+    # finish, runs the lifespan's end, then raises the signal again, which run()'s handler makes a
+    # KeyboardInterrupt that uvicorn.run swallows; with workers, its supervisor does the same for each worker
+    server = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_config": logging_config(),
+              "timeout_graceful_shutdown": args.shutdown_timeout}
     if args.workers == 1:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(create_app(**config), **server)
     else:
-        del app  # the workers load their own; this process only watches them
         os.environ[WORKER_CONFIG] = json.dumps(config)
-        uvicorn.run("mnist_cnn.serve:worker_app", factory=True, workers=args.workers, host=args.host,
-                    port=args.port, log_level="warning")
+        uvicorn.run("mnist_cnn.serve:worker_app", factory=True, workers=args.workers, **server)
+    print("serve: stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,17 @@
-"""The served model: the HTTP API and every bad request, against a real server on 127.0.0.1."""
+"""The served model: the HTTP API and every bad request, against a real server on 127.0.0.1; its OpenAPI pages
+offline, its lifespan, its access log and its shutdown on a signal."""
+import asyncio
+import http.client
 import io
 import json
 import os
+import re
+import signal
+import socket
 import struct
+import time
 import zlib
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -11,7 +19,9 @@ import requests
 from PIL import Image
 
 from conftest import SERVE_LIMIT as LIMIT
-from conftest import digit_images, png, run_stage
+from conftest import digit_images, png, run_stage, served_model
+from mnist_cnn.errors import UserError
+from mnist_cnn.serve import create_app
 
 pytestmark = pytest.mark.slow  # a trained, exported model served by a real server
 
@@ -53,17 +63,67 @@ def test_a_batch_answers_in_order_as_single_requests_do(served, digits):
                                atol=1e-6)
 
 
-def test_the_openapi_page_documents_the_api_and_the_page_is_served(served):
-    schema = requests.get(f"{served['url']}/openapi.json").json()
-    assert {"/predict", "/predict/batch", "/health"} <= set(schema["paths"])
-    assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
-    assert requests.get(f"{served['url']}/docs").status_code == 200
+def test_the_page_and_its_assets_are_served(served):
     page = requests.get(f"{served['url']}/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text and 'name="viewport"' in page.text
     for asset in ("app.js", "style.css"):
         assert requests.get(f"{served['url']}/static/{asset}").status_code == 200
 
 
+def component(schema, reference):
+    """The schema a {"$ref": "#/components/schemas/Name"} points to, and its name."""
+    name = reference["$ref"].rsplit("/", 1)[1]
+    return name, schema["components"]["schemas"][name]
+
+
+def answer_schema(schema, path, method="post", status="200"):
+    return component(schema, schema["paths"][path][method]["responses"][status]["content"]["application/json"]
+                     ["schema"])
+
+
+def test_openapi_documents_each_answer_with_the_fields_the_server_sends(served, digits):
+    url = served["url"]
+    schema = requests.get(f"{url}/openapi.json").json()
+    assert {"/predict", "/predict/batch", "/health"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    one = requests.post(f"{url}/predict", files={"file": ("d.png", digits[0][0], "image/png")}).json()
+    name, prediction = answer_schema(schema, "/predict")
+    assert name == "Prediction" and set(prediction["required"]) == set(prediction["properties"]) == set(one)
+    top_name, top = component(schema, prediction["properties"]["top"]["items"])
+    assert top_name == "ClassProbability" and set(top["required"]) == set(one["top"][0])
+    assert prediction["properties"]["probability"]["type"] == "number"
+
+    batch = requests.post(f"{url}/predict/batch", files=[("files", ("d.png", digits[0][0], "image/png"))]).json()
+    name, batch_schema = answer_schema(schema, "/predict/batch")
+    assert name == "BatchPrediction" and set(batch_schema["required"]) == set(batch)
+    assert component(schema, batch_schema["properties"]["predictions"]["items"])[0] == "Prediction"
+
+    name, health = answer_schema(schema, "/health", "get")
+    assert name == "Health" and set(health["required"]) == set(requests.get(f"{url}/health").json())
+    assert health["properties"]["status"]["const"] == "ok"
+
+    # the 4xx answers are one line in "detail" (a test below sends each), not FastAPI's list of errors
+    for path in ("/predict", "/predict/batch"):
+        for status in ("400", "411", "413", "415", "422"):
+            name, problem = answer_schema(schema, path, status=status)
+            assert name == "Problem" and problem["properties"]["detail"]["type"] == "string"
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+EXTERNAL = re.compile(r"(?:https?:)?//[\w.-]+", re.IGNORECASE)  # a URL that names a host: a CDN, fonts
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_openapi_pages_load_everything_from_the_server(served, page):
+    """FastAPI's own pages load Swagger UI and ReDoc from a CDN: blank offline (test_page.py opens /docs)."""
+    html = requests.get(served["url"] + page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert EXTERNAL.findall(html.text) == []
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert any(asset.endswith(".js") for asset in assets)
+    for asset in assets:
+        response = requests.get(served["url"] + asset)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
 def bomb_png(width=30000, height=30000):
     """A valid PNG header claiming width x height 8-bit gray pixels (900 megapixels), in a few dozen bytes."""
     def chunk(kind, data):
@@ -129,7 +189,87 @@ def test_uploads_up_to_the_limit_stay_in_memory(served, digits):
 def test_bad_options_are_one_line(tmp_path):
     for options, message in ((["--model", "missing.onnx"], "missing.onnx not found"),
                              (["--max-upload-mb", "0"], "--max-upload-mb 0.0: give a size above 0"),
-                             (["--port", "70000"], "--port 70000: give a port from 1 to 65535")):
+                             (["--port", "70000"], "--port 70000: give a port from 1 to 65535"),
+                             (["--shutdown-timeout", "0"], "--shutdown-timeout 0.0: give a number of seconds")):
         result = run_stage("mnist_cnn.serve", *options, cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+
+
+def test_the_model_is_loaded_in_the_lifespan_not_when_the_app_is_made(tmp_path):
+    app = create_app(str(tmp_path / "missing.onnx")).app  # a worker process makes its app this way, then starts it
+
+    async def start():
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(UserError, match="missing.onnx not found"):
+        asyncio.run(start())
+
+
+def stop(process, signal_number=signal.SIGTERM, timeout=10):
+    """Signal the server (unless signal_number is None) and wait for it: (exit status, everything it printed)."""
+    if signal_number is not None:
+        process.send_signal(signal_number)
+    status = process.wait(timeout)
+    return status, process.stdout.read()
+
+
+@pytest.mark.parametrize("options, logged", [pytest.param((), False, id="default"),
+                                             pytest.param(("--access-log", "--workers", "2"), True, id="access-log")])
+def test_the_access_log_is_off_unless_asked_for(served, options, logged):
+    with served_model(served["root"], *options) as (process, url):
+        assert requests.get(f"{url}/health?from=test").status_code == 200
+        status, output = stop(process)
+    assert status == 0
+    assert ('"GET /health?from=test HTTP/1.1" 200' in output) == logged, output
+    if not logged:  # and nothing else either: uvicorn's start-up lines are off too
+        assert [line.split(":")[0] for line in output.splitlines()] == ["serve", "serve"], output
+
+
+def multipart(image):
+    """A /predict request's body and its content type, as requests encodes them."""
+    request = requests.Request("POST", "http://x/predict", files={"file": ("d.png", image, "image/png")}).prepare()
+    return request.body, request.headers["Content-Type"]
+
+
+def start_waiting_request(url, body, content_type):
+    """A POST /predict whose headers are sent and whose body is not: returns its socket once the server's app
+    reads the body (it answers the Expect header with 100 Continue then), so the request is in flight."""
+    address = urlsplit(url)
+    connection = socket.create_connection((address.hostname, address.port), timeout=20)
+    connection.sendall((f"POST /predict HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
+                        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode())
+    assert connection.recv(100).startswith(b"HTTP/1.1 100 Continue")
+    return connection
+
+
+@pytest.mark.parametrize("signal_number, workers", [pytest.param(signal.SIGTERM, 1, id="SIGTERM"),
+                                                     pytest.param(signal.SIGINT, 1, id="SIGINT"),
+                                                     pytest.param(signal.SIGTERM, 2, id="SIGTERM-2-workers")])
+def test_a_signal_lets_the_request_in_flight_finish_then_the_server_exits_0(served, digits, signal_number, workers):
+    body, content_type = multipart(digits[0][0])
+    with served_model(served["root"], "--workers", str(workers)) as (process, url):
+        expected = requests.post(f"{url}/predict", data=body, headers={"Content-Type": content_type}).json()
+        with start_waiting_request(url, body, content_type) as connection:
+            process.send_signal(signal_number)
+            time.sleep(1)
+            assert process.poll() is None  # waiting for the request
+            connection.sendall(body)
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            assert response.status == 200 and json.loads(response.read()) == expected
+        started = time.time()
+        status, output = stop(process, None)
+    assert status == 0 and time.time() - started < 5
+    assert output.splitlines()[-1] == "serve: stopped" and "Traceback" not in output, output
+
+
+def test_a_request_that_never_finishes_is_cut_off_after_the_shutdown_timeout(served, digits):
+    body, content_type = multipart(digits[0][0])
+    with served_model(served["root"], "--workers", "1", "--shutdown-timeout", "1") as (process, url):
+        with start_waiting_request(url, body, content_type):  # and never sends its body
+            started = time.time()
+            status, output = stop(process)
+    assert status == 0 and time.time() - started < 5
+    assert "timeout graceful shutdown exceeded" in output and output.splitlines()[-1] == "serve: stopped", output
