@@ -9,6 +9,7 @@ open_model picks the runtime by the file's form and imports it only then, so a p
 ONNX file starts without TensorFlow (or Keras) at all: a fraction of the start-up time and memory
 (bench/predict_paths.py measures both paths).
 """
+import importlib.util
 import json
 import os
 
@@ -22,6 +23,9 @@ SAVED_MODEL = "saved_model"
 # What predict and the app open when no model is named: the ONNX export where it exists, being the faster
 # path (docs/predict.md quotes the measurement), else the model train wrote
 DEFAULT_MODELS = ("models/model.onnx", "models/model.keras")
+# The packages each runtime imports, and the extra of the installed package that brings them (pyproject.toml)
+RUNTIME_PACKAGES = {"keras": (("tensorflow", "keras"), "keras"), SAVED_MODEL: (("tensorflow",), "keras"),
+                    "onnx": (("onnxruntime",), None), "litert": (("ai_edge_litert",), "litert")}
 
 
 def default_model():
@@ -88,6 +92,7 @@ def open_model(path, threads=0):
     format = format_of(path)
     if format is None:
         raise UserError(f"{path} is not a model file: give a .keras, .onnx or .tflite file or a SavedModel folder")
+    check_runtime(path, format)
     if format == "keras":
         return _keras(path)
     try:
@@ -98,6 +103,16 @@ def open_model(path, threads=0):
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable {format} model ({first_line}): run `dvc repro --force export`")
     return classifier
+
+
+def check_runtime(path, format):
+    """One line when the packages that run this format are not installed (`pip install .` without its extra)."""
+    packages, extra = RUNTIME_PACKAGES[format]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        with_extra = f", or install mnist-cnn with its [{extra}] extra (`pip install '.[{extra}]'`)" if extra else ""
+        raise UserError(f"{path}: {format} models need {' and '.join(missing)}, not installed here: "
+                        f"`pip install {' '.join(missing)}`{with_extra}")
 
 
 def _keras(path):

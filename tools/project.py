@@ -86,11 +86,11 @@ def free_port():
 
 
 @contextlib.contextmanager
-def served_model(cwd, *options, env=None, timeout=60):
-    """`python -m mnist_cnn.serve` in cwd on a free port of 127.0.0.1; yields (process, base URL) once /health
-    answers, and stops the server after."""
+def served_model(cwd, *options, env=None, timeout=60, command=(sys.executable, "-m", "mnist_cnn.serve")):
+    """`python -m mnist_cnn.serve` (or another command, an installed mnist-serve) in cwd on a free port of
+    127.0.0.1; yields (process, base URL) once /health answers, and stops the server after."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "mnist_cnn.serve", "--port", str(port), *options], cwd=cwd,
+    process = subprocess.Popen([*command, "--port", str(port), *options], cwd=cwd,
                                env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
