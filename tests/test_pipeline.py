@@ -254,8 +254,8 @@ def test_image_folder_project_end_to_end(tmp_path):
     image_folder(root / "data" / "own", classes=("cat", "dog", "fish"), per_class=30)
     write_params(root, **{**TINY_PARAMS, "data__dataset": "folder", "data__path": "data/own"})
     assert stages_run(sh(root, "dvc", "repro")) == list(STAGES)
-    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
-    assert list(metrics["per_class"]) == ["cat", "dog", "fish"]  # class names from the folder names
+    with open(root / "metrics" / "classes.csv") as f:  # class names from the folder names
+        assert [row["class"] for row in csv.DictReader(f)] == ["cat", "dog", "fish"]
     val = read_labels(open_split(root / "data" / "processed" / "val"))  # the folder is stored class by class:
     assert set(val.tolist()) == {0, 1, 2}  # data.split: auto held out every class, not the last
     assert json.loads((root / "models" / "classes.json").read_text()) == ["cat", "dog", "fish"]
