@@ -32,16 +32,40 @@ from mnist_cnn.shards import open_split, read_all  # noqa: E402
 from mnist_cnn.streaming import stream  # noqa: E402
 
 
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """A loss that turns NaN or infinite ends the stage with one line, before a broken model is saved."""
+DIVERGED_FACTOR = 3  # times ln K, the loss of a uniform guess over K classes
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """A run that diverges ends the stage with one line, before a broken model is saved.
+
+    Diverged: a loss that turns NaN or infinite (float32 overflows), or an epoch's mean training loss over
+    DIVERGED_FACTOR * ln K. An untrained network's softmax is near uniform, so training starts at about
+    ln K and a run that learns goes down from there; in bfloat16 the exploded weights keep a finite loss
+    (1e30 and more) and a chance-level model would otherwise be saved as a success. The validation loss
+    is only checked for NaN: a model overfitting a small dataset can score far above ln K on it.
+    """
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.uniform_loss = math.log(num_classes)
 
     def on_epoch_end(self, epoch, logs=None):
-        for key in ("loss", "val_loss"):
-            value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(float(value)):
-                raise UserError(f"the training {'validation ' if key == 'val_loss' else ''}loss became {float(value)} "
-                                f"in epoch {epoch + 1}; no model was saved. Lower train.learning_rate (or use "
-                                f"train.schedule: cosine with a warm-up) and run again")
+        logs = logs or {}
+        for key, name in (("loss", "training loss"), ("val_loss", "validation loss")):
+            value = logs.get(key)
+            if value is None:
+                continue
+            value = float(value)
+            if not math.isfinite(value):
+                self.diverged(epoch, f"the {name} became {value}")
+            if key == "loss" and value > DIVERGED_FACTOR * self.uniform_loss:
+                self.diverged(epoch, f"the training loss reached {value:.4g}, over {DIVERGED_FACTOR} times the "
+                                     f"{self.uniform_loss:.3f} of a uniform guess")
+
+    @staticmethod
+    def diverged(epoch, what):
+        raise UserError(f"training diverged in epoch {epoch + 1}: {what}; no model was saved. Lower "
+                        f"train.learning_rate (or use train.schedule: cosine with a warm-up) and run again")
 
 
 def resolve_precision(choice):
@@ -56,13 +80,14 @@ def resolve_precision(choice):
 
 def learning_rate(train, steps_per_epoch):
     """Adam's learning rate: constant, or cosine decay to 0 after a linear warm-up from 0 (one cycle)."""
+    peak = float(train["learning_rate"])  # Keras refuses an int (`-S train.learning_rate=1` gives one)
     if train["schedule"] == "constant":
-        return train["learning_rate"]
+        return peak
     steps = train["epochs"] * steps_per_epoch
     warmup = int(train["warmup"] * steps)
     if not warmup:
-        return keras.optimizers.schedules.CosineDecay(train["learning_rate"], steps)
-    return keras.optimizers.schedules.CosineDecay(0.0, steps - warmup, warmup_target=train["learning_rate"],
+        return keras.optimizers.schedules.CosineDecay(peak, steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, steps - warmup, warmup_target=peak,
                                                   warmup_steps=warmup)
 
 
@@ -169,7 +194,8 @@ def main(argv):
     # DVCLive logs into a temporary folder that replaces log_dir only when training completes; a worker
     # other than the chief logs into one that is thrown away: worker 0 writes the model and the log
     with atomic_dir(args.log_dir) if chief else tempfile.TemporaryDirectory() as log_dir:
-        callbacks = [DVCLiveCallback(live=Live(log_dir, dvcyaml=False, save_dvc_exp=False)), StopOnNonFiniteLoss()]
+        callbacks = [DVCLiveCallback(live=Live(log_dir, dvcyaml=False, save_dvc_exp=False)),
+                     StopOnDivergence(len(class_names))]
         if off:
             callbacks.append(AugmentationOff(train["epochs"] - off))
             print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, mounted_tmpfs, run_stage, start_stage, wait_for_line, write_params
+from mnist_cnn.errors import UserError
 from mnist_cnn.params import load_params
 from stages import train
 
@@ -188,15 +189,46 @@ def test_interrupted_training_leaves_the_previous_model_and_log(processed_dir, w
 
 
 @pytest.mark.slow
-def test_a_loss_that_turns_non_finite_stops_training_without_a_model(processed_dir, workdir, previous_log):
+@pytest.mark.parametrize("precision, rate, loss", [  # both precisions that auto picks on a CPU
+    ("float32", 10, "reached "),  # the weights explode, the loss stays finite (about 5e9): caught by its size
+    ("mixed_bfloat16", 10, "reached "),
+    ("float32", 1e30, ""),  # NaN here; in bfloat16 on a CPU with AVX512-BF16, 2e30 (finite)
+])
+def test_a_run_that_diverges_stops_training_without_a_model(processed_dir, workdir, previous_log, precision, rate,
+                                                             loss):
     log_before = tree(previous_log)
-    write_params(workdir, train__epochs=3, train__learning_rate=1e30)
+    write_params(workdir, train__epochs=3, train__learning_rate=rate, train__precision=precision)
     result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "models/model.keras",
                        "log", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: the training loss became nan in epoch 1"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: training diverged in epoch 1: the training loss {loss}"), lines
+    assert lines[0].endswith("no model was saved. Lower train.learning_rate (or use train.schedule: cosine with a "
+                             "warm-up) and run again"), lines
     assert not (workdir / "models").exists() and tree(previous_log) == log_before
+
+
+@pytest.mark.parametrize("classes, logs, message", [
+    (10, {"loss": float("nan")}, "training diverged in epoch 2: the training loss became nan"),
+    (10, {"loss": 0.3, "val_loss": float("inf")}, "training diverged in epoch 2: the validation loss became inf"),
+    (10, {"loss": 1.977e30}, "training diverged in epoch 2: the training loss reached 1.977e+30, over 3 times "
+                             "the 2.303 of a uniform guess"),
+    (10, {"loss": 6.91}, "training diverged in epoch 2: the training loss reached 6.91, over 3 times "
+                         "the 2.303 of a uniform guess"),  # 3 ln 10 = 6.908
+    (2, {"loss": 2.1}, "training diverged in epoch 2: the training loss reached 2.1, over 3 times "
+                       "the 0.693 of a uniform guess"),  # 3 ln 2 = 2.079: the bound follows the class count
+    (10, {"loss": 6.9, "val_loss": 50.0}, None),  # under the bound; a validation loss far above ln K is no divergence
+    (2, {"loss": 2.07}, None),
+    (10, {"accuracy": 0.1}, None),
+])
+def test_divergence_is_a_non_finite_loss_or_a_training_loss_over_three_uniform_guesses(classes, logs, message):
+    stop = train.StopOnDivergence(classes)
+    if message is None:
+        stop.on_epoch_end(1, logs)
+        return
+    with pytest.raises(UserError) as raised:
+        stop.on_epoch_end(1, logs)
+    assert str(raised.value).startswith(message + "; no model was saved")
 
 
 @pytest.mark.slow
