@@ -1,4 +1,5 @@
-"""The drawing page in a real headless Chromium: strokes drawn with pointer events, the guess read off the page."""
+"""The drawing page and the API's /docs in a real headless Chromium that reaches nothing but 127.0.0.1: strokes drawn
+with pointer events, the guess read off the page; the OpenAPI page rendered from the server's own files."""
 import time
 
 import pytest
@@ -18,6 +19,14 @@ def browser():
     driver = start_chromium()
     yield driver
     driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def only_the_server(browser, served):
+    """After each test: every file the page loaded came from the server (the browser resolves no host name)."""
+    yield
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert [url for url in loaded if not url.startswith(served["url"] + "/")] == []
 
 
 def settled_label(driver, url, timeout=20):
@@ -74,3 +83,28 @@ def test_the_page_fits_a_phone_screen(browser, served):
     pad = browser.execute_script("const r = document.getElementById('pad').getBoundingClientRect();"
                                  "return [r.width, r.height];")
     assert 200 <= pad[0] <= width and abs(pad[0] - pad[1]) < 1
+
+
+def test_the_api_docs_render_with_no_network(browser, served):
+    """Swagger UI at /docs draws every operation from the server's own copy of its scripts. FastAPI's default page
+    loads them from a CDN, and stays blank here: the browser reaches no other host."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get("about:blank")  # the browser is offline: the CDN FastAPI's default page loads from is out of reach
+    cdn = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css').then(() => done('reached'),"
+        "                                                                       e => done(String(e)));")
+    assert cdn != "reached"
+    browser.get(served["url"] + "/docs")
+    operation = '.opblock-summary-path[data-path="{}"]'
+    predict = WebDriverWait(browser, 20).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, operation.format("/predict"))))
+    block = predict.find_element(By.XPATH, "ancestor::div[contains(@class, 'opblock ')]")
+    assert "opblock-post" in block.get_attribute("class") and predict.text == "/predict"
+    for path in ("/predict/batch", "/health"):
+        assert browser.find_elements(By.CSS_SELECTOR, operation.format(path))
+    schemas = browser.find_element(By.CSS_SELECTOR, "section.models").text
+    assert all(name in schemas for name in ("Prediction", "BatchPrediction", "Health", "Problem")), schemas

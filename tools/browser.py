@@ -21,7 +21,9 @@ def chromium_missing():
     return None
 
 
-def start_chromium(size=PHONE):
+def start_chromium(size=PHONE, offline=True):
+    """Headless Chromium on a phone-sized screen. offline: no host name resolves, so a page that needs a CDN (or
+    anything off this machine) fails here as it would with no network; 127.0.0.1 still answers."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -30,6 +32,8 @@ def start_chromium(size=PHONE):
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      f"--window-size={size[0]},{size[1]}", "--hide-scrollbars"):
         options.add_argument(argument)
+    if offline:
+        options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
     # A phone's screen: headless Chromium's windows are at least 500 pixels wide, an emulated device is not
     options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": size[0], "height": size[1],
                                                                           "pixelRatio": 2.0, "touch": True}})
