@@ -1,4 +1,8 @@
-"""What this machine is: the one reader of /proc/cpuinfo, for precision choices and benchmark reports."""
+"""What this machine is: the one reader of /proc/cpuinfo, for precision choices and benchmark reports.
+
+MNIST_CNN_CPUINFO names another file to read instead: what another machine's CPU would make the code
+choose (`pytest --auto-precision mixed_bfloat16` runs the suite as on a CPU with AVX512-BF16).
+"""
 import os
 import platform
 import re
@@ -9,8 +13,9 @@ REPORTED_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_b
                   "bf16"}
 
 
-def read_cpuinfo(path=CPUINFO):
-    """/proc/cpuinfo's text, or "" where there is none (not Linux)."""
+def read_cpuinfo(path=None):
+    """/proc/cpuinfo's text (or MNIST_CNN_CPUINFO's), or "" where there is none (not Linux)."""
+    path = path or os.environ.get("MNIST_CNN_CPUINFO") or CPUINFO
     try:
         with open(path) as f:
             return f.read()
@@ -18,7 +23,7 @@ def read_cpuinfo(path=CPUINFO):
         return ""
 
 
-def cpu_flags(path=CPUINFO):
+def cpu_flags(path=None):
     """The CPU's feature flags (x86 `flags`, Arm `Features`), as a set."""
     flags = set()
     for line in re.findall(r"^(?:flags|Features)\s*:(.*)$", read_cpuinfo(path), re.MULTILINE):
@@ -26,12 +31,12 @@ def cpu_flags(path=CPUINFO):
     return flags
 
 
-def cpu_has_bf16(path=CPUINFO):
+def cpu_has_bf16(path=None):
     """True where the CPU computes bfloat16 natively; False where it can't be told (no /proc/cpuinfo)."""
     return bool(cpu_flags(path) & BF16_FLAGS)
 
 
-def describe(path=CPUINFO):
+def describe(path=None):
     """The CPU model, the vector extensions that matter for speed, cores, memory and Python: what a figure holds for."""
     model = re.search(r"^model name\s*:\s*(.*)$", read_cpuinfo(path), re.MULTILINE)
     return {

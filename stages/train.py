@@ -20,17 +20,16 @@ import keras  # noqa: E402
 from dvclive import Live  # noqa: E402
 from dvclive.keras import DVCLiveCallback  # noqa: E402
 
+from mnist_cnn import multi_worker  # noqa: E402
 from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.files import atomic_dir, write_json  # noqa: E402
 from mnist_cnn.machine import cpu_has_bf16  # noqa: E402
-from mnist_cnn import multi_worker  # noqa: E402
 from mnist_cnn.model_files import save_model  # noqa: E402
 from mnist_cnn.network import AugmentationOff, augments, build_model, inference_model  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
 from mnist_cnn.prepare import one_hot, scale  # noqa: E402
 from mnist_cnn.shards import open_split, read_all  # noqa: E402
 from mnist_cnn.streaming import stream  # noqa: E402
-
 
 DIVERGED_FACTOR = 3  # times ln K, the loss of a uniform guess over K classes
 

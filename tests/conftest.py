@@ -27,6 +27,30 @@ _tf = quiet_tensorflow()
 _tf.config.threading.set_intra_op_parallelism_threads(2)
 _tf.config.threading.set_inter_op_parallelism_threads(2)
 
+# What a CPU with and without native bfloat16 lists: `pytest --auto-precision X` makes every process of the run
+# (stages, dvc repro) read one of these instead of /proc/cpuinfo, so train.precision: auto picks X on any machine
+STAND_IN_CPUINFO = {"mixed_bfloat16": "model name\t: stand-in CPU with AVX512-BF16\nflags\t\t: fpu sse avx2 fma "
+                                      "avx512f avx512_bf16\n",
+                    "float32": "model name\t: stand-in CPU with AVX2\nflags\t\t: fpu sse avx2 fma\n"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--auto-precision", choices=sorted(STAND_IN_CPUINFO),
+                     help="run as on a CPU where train.precision: auto picks this: the suite's verdict may not "
+                          "depend on it (default: what this CPU makes auto pick)")
+
+
+def pytest_configure(config):
+    choice = config.getoption("--auto-precision")
+    if choice:  # in the controller and in each xdist worker, before any test starts a process
+        path = os.path.join(str(config.rootpath), ".pytest_cache", f"cpuinfo-{choice}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(f"{path}.{os.getpid()}", "w") as f:
+            f.write(STAND_IN_CPUINFO[choice])
+        os.replace(f"{path}.{os.getpid()}", path)
+        os.environ["MNIST_CNN_CPUINFO"] = path
+
+
 REAL_MNIST = os.path.join(REPO, "..", "shared", "datasets", "mnist.npz")
 needs_real_mnist = pytest.mark.skipif(not os.path.exists(REAL_MNIST),
                                       reason="real MNIST mirror ../shared/datasets/mnist.npz is absent")

@@ -202,7 +202,8 @@ def test_a_run_that_diverges_stops_training_without_a_model(processed_dir, workd
                        "log", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: training diverged in epoch 1: the training loss {loss}"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: training diverged in epoch 1: the training loss {loss}"), lines
     assert lines[0].endswith("no model was saved. Lower train.learning_rate (or use train.schedule: cosine with a "
                              "warm-up) and run again"), lines
     assert not (workdir / "models").exists() and tree(previous_log) == log_before
