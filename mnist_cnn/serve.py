@@ -50,14 +50,15 @@ SHUTDOWN_TIMEOUT = 25
 
 
 class ClassProbability(BaseModel):
-    label: str = Field(description="a class name, as the train stage saved them in models/classes.json")
-    probability: float = Field(description="the model's probability for that class, 0 to 1")
+    label: str = Field(description="a class name, as the train stage saved them in models/classes.json",
+                       examples=["7"])
+    probability: float = Field(description="the model's probability for that class, 0 to 1", examples=[0.9986])
 
 
 class Prediction(BaseModel):
     """The model's answer for one image."""
-    label: str = Field(description="the most likely class")
-    probability: float = Field(description="that class's probability, 0 to 1")
+    label: str = Field(description="the most likely class", examples=["7"])
+    probability: float = Field(description="that class's probability, 0 to 1", examples=[0.9986])
     top: list[ClassProbability] = Field(description=f"the {TOP} most likely classes, most likely first")
 
 
@@ -68,9 +69,10 @@ class BatchPrediction(BaseModel):
 class Health(BaseModel):
     """The server is up and its model loaded."""
     status: Literal["ok"]
-    model: str = Field(description="the model file or folder the server loaded")
+    model: str = Field(description="the model file or folder the server loaded", examples=["models/model.onnx"])
     format: Literal["keras", "onnx", "litert", "saved_model"]
-    classes: list[str] = Field(description="the class names, in the model's output order")
+    classes: list[str] = Field(description="the class names, in the model's output order",
+                               examples=[[str(digit) for digit in range(10)]])
 
 
 class Problem(BaseModel):
