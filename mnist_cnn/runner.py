@@ -1,10 +1,12 @@
-"""How a stage runs: one line for a user's mistake, clean stops on Ctrl-C and kill, TensorFlow's quiet start.
+"""How a stage runs: one line for a user's mistake, clean stops on Ctrl-C and kill, TensorFlow kept quiet.
 
 Every stage ends with `run(main)`.
 """
+import atexit
 import ctypes
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -88,6 +90,50 @@ def die_with_parent():
         threading.Thread(target=_watch, args=(pid, started), daemon=True, name="watch-dvc").start()
 
 
+# What the libraries under TensorFlow print to fd 2 themselves, past TF_CPP_MIN_LOG_LEVEL: absl's C++ log lines
+# ("E0000 00:00:1796033037.092479 23491 node_def_util.cc:682] NodeDef mentions attribute ...", which a user reads
+# as an error of the run; before absl's log is set up its date is 0000 and its time the Unix time), and LiteRT's
+# "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+LIBRARY_LOG_LINE = re.compile(rb"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.+/-]+:\d+\] "
+                              rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+                              rb"|INFO: Created TensorFlow Lite \w+ delegate for \w+")
+
+
+def filter_library_logs():
+    """Route fd 2 through a thread that drops LIBRARY_LOG_LINE lines and passes every other line on, so a run
+    that succeeds prints nothing on stderr. TF_CPP_MIN_LOG_LEVEL=0 (TensorFlow's "show me everything") keeps all.
+
+    At exit, fd 2 is put back and the thread drains what is left. Returns the thread (None when off).
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return None
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb", buffering=0) as lines:
+            for line in iter(lines.readline, b""):
+                if not LIBRARY_LOG_LINE.match(line):
+                    try:
+                        os.write(original, line)
+                    except OSError:  # nobody reads our stderr any more: keep draining, or writers would block
+                        pass
+
+    thread = threading.Thread(target=forward, daemon=True, name="stderr-filter")
+    thread.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end here: the thread reads to its end and stops
+        thread.join(timeout=2)  # a child still holding the pipe (a worker pool) must not keep us waiting
+
+    atexit.register(restore)
+    return thread
+
+
 def run(main):
     """Run a stage's main(argv): user errors become one line on stderr and exit status 1.
 
@@ -97,6 +143,7 @@ def run(main):
     (as a script's background jobs are): there, Ctrl-C and `dvc repro`'s interruption did nothing.
     """
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up live under dvc repro and in logs
+    filter_library_logs()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, _interrupt)
     try:

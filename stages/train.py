@@ -127,7 +127,8 @@ def training_data(train_split, val_split, train, seed):
         data = {"x": scale(x), "y": one_hot(labels, num_classes), "batch_size": train["batch_size"], "shuffle": True}
         print(f"train: {train_split.images} training images in memory")
     else:
-        data = {"x": stream(train_split, train["batch_size"], shuffle_buffer=train["shuffle_buffer"], seed=seed)}
+        data = {"x": stream(train_split, train["batch_size"], shuffle_buffer=train["shuffle_buffer"], seed=seed),
+                "shuffle": False}  # the stream shuffles itself (fit's default would warn on stderr that it can't)
         print(f"train: {train_split.images} training images streamed from {len(train_split.files)} shards, "
               f"shuffled through a buffer of {train['shuffle_buffer']}")
     if len(val_split.files) == 1:

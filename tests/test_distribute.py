@@ -33,9 +33,10 @@ def train_and_evaluate(workdir, processed_dir, script=None):
     else:
         result = run_stage("stages.train", *args, cwd=workdir)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # a run that succeeds prints nothing there (TensorFlow's C++ log lines included)
     evaluated = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test", "evaluate.json",
                           "predictions.csv", cwd=workdir)
-    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.returncode == 0 and evaluated.stderr == "", evaluated.stderr
     return result.stdout, json.loads((workdir / "evaluate.json").read_text())
 
 
@@ -130,6 +131,7 @@ def test_multi_worker_two_processes_train_one_model_together(sharded_dir, tmp_pa
             worker.kill()
     for worker, (stdout, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr
+        assert stderr == ""  # tf.data's and the collectives' C++ log lines are not the user's business
         assert "train: 2 replica(s), global batch 16" in stdout
     first, second = (stdout for stdout, _ in outputs)
     assert "train: worker 0 of 2 reads part-00000.npz, part-00002.npz (132 images)" in first

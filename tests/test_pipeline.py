@@ -3,6 +3,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,13 +28,16 @@ def sh(cwd, *command):
 def project(tmp_path_factory):
     """A fresh clone's files plus a generated dataset, in a git repo, after one `dvc repro`."""
     root = make_tiny_project(tmp_path_factory.mktemp("project"))
-    first = sh(root, "dvc", "repro")
-    return root, first
+    first = conftest.sh(root, "dvc", "repro")
+    return root, first.stdout + first.stderr
 
 
 def test_repro_runs_every_stage_and_writes_every_output(project):
     root, first = project
     assert stages_run(first) == list(STAGES)
+    # a run that succeeds says nothing on stderr that reads as an error or a warning: no TensorFlow C++ log
+    # line (E0000 00:00:... file.cc:123]), no Python warning, no LiteRT INFO line
+    assert not re.search(r"^[IWEF]\d{4} |Warning|^INFO: ", first, re.MULTILINE), first
     with open(root / "dvc.yaml") as f:
         pipeline = yaml.safe_load(f)
     for stage in pipeline["stages"].values():

@@ -16,3 +16,37 @@ def test_a_stage_is_tied_to_dvc_through_the_shell_dvc_runs_it_in():
     through_shell = subprocess.run(["/bin/sh", "-c", f'"{sys.executable}" -c "{REPORT}"; true'],
                                    capture_output=True, text=True, env=env, check=True)
     assert int(through_shell.stdout) == os.getpid()  # tied to the shell's parent, not to the shell
+
+
+LOGGING_MAIN = """
+import os, sys
+from mnist_cnn.errors import UserError
+from mnist_cnn.runner import run
+
+def main(argv):
+    # what TensorFlow's C++ code and LiteRT write to fd 2 themselves, between lines of our own
+    os.write(2, b"E0000 00:00:1796033037.092479   23491 node_def_util.cc:682] NodeDef mentions attribute "
+                b"use_unbounded_threadpool which is not in the op definition\\n")
+    print("train: our own line", file=sys.stderr, flush=True)
+    os.write(2, b"W0000 00:00:1796033037.115855   23491 dump_mlir_util.cc:269] disabling MLIR crash reproducer\\n"
+                b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+    os.write(2, b"E1130 10:02:35.000001 7 ok.cc:1] a dated one\\n")
+    if argv:
+        raise UserError("the one line")
+    os.write(2, b"our last words, unterminated")  # still there after the process ends
+
+run(main)
+"""
+
+
+def test_a_run_prints_none_of_tensorflows_own_log_lines_on_stderr():
+    env = {**os.environ, **CODE_ENV, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    quiet = subprocess.run([sys.executable, "-c", LOGGING_MAIN], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and quiet.stderr == "train: our own line\nour last words, unterminated"
+    failed = subprocess.run([sys.executable, "-c", LOGGING_MAIN, "fail"], capture_output=True, text=True, env=env)
+    assert failed.returncode == 1 and failed.stderr == "train: our own line\nerror: the one line\n"
+    # TF_CPP_MIN_LOG_LEVEL=0, TensorFlow's "show me everything": every line, in order
+    verbose = subprocess.run([sys.executable, "-c", LOGGING_MAIN], capture_output=True, text=True,
+                             env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert [line[:12] for line in verbose.stderr.splitlines()] == [
+        "E0000 00:00:", "train: our o", "W0000 00:00:", "INFO: Create", "E1130 10:02:", "our last wor"]
