@@ -1,11 +1,17 @@
 """params.yaml: its schema, reading and checking it, and setting a param by its dotted name.
 
 Every stage calls load_params() before it does anything, so a wrong value anywhere in the file stops
-the first stage that runs with one line naming the key, the value and the rule.
+the first stage that runs with one line naming the key, the value and the rule. The file is read as
+YAML 1.2, with the reader DVC itself uses (ruamel.yaml's safe loader), so a value means the same to
+DVC and to the stages: `dvc exp run -S train.learning_rate=1e-5` writes `1e-05`, a float here too
+(YAML 1.1, PyYAML's, reads it as a string, `010` as 8 and `1:30` as 90).
 """
 import math
+import re
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import YAMLError
 
 from mnist_cnn.errors import UserError
 
@@ -40,11 +46,11 @@ def _choice(*allowed):
     return check
 
 
-def _int_list(length=None, low=1):
+def _int_list(length=None, low=1, high=4096):
     def check(value):
         if (not isinstance(value, list) or not value
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in value)):
-            return f"a non-empty list of integers >= {low}"
+                or any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in value)):
+            return f"a non-empty list of integers from {low} to {high}"
         if length is not None and len(value) != length:
             return f"a list of {length} integers"
         return None
@@ -68,7 +74,7 @@ PARAMS_SCHEMA = {
     "data.folder.workers": _number(0, 1024, integer=True),
     "data.val_split": _number(0, 1, low_open=True, high_open=True),
     "data.split": _choice("auto", "tail", "stratified"),
-    "data.limit": _number(1, integer=True, nullable=True),
+    "data.limit": _number(1, 10**9, integer=True, nullable=True),
     "data.shard_mb": _number(0, 4096, low_open=True),
     "model.conv_filters": _int_list(),
     "model.convs_per_block": _number(1, 8, integer=True),
@@ -77,60 +83,45 @@ PARAMS_SCHEMA = {
     "model.pool_size": _number(1, 28, integer=True),
     "model.batch_norm": lambda value: None if isinstance(value, bool) else "true or false",
     "model.conv_dropout": _number(0, 1, high_open=True),
-    "model.dense_units": _int_list(low=1),
+    "model.dense_units": _int_list(low=1, high=65_536),
     "model.dense_dropout": _number(0, 1, high_open=True),
     "model.augment.rotation": _number(0, 180),
     "model.augment.shift": _number(0, 1, high_open=True),
     "model.augment.zoom": _number(0, 1, high_open=True),
-    "model.augment.off_last_epochs": _number(0, integer=True),
-    "train.epochs": _number(1, integer=True),
-    "train.batch_size": _number(1, integer=True),
-    "train.learning_rate": _number(0, low_open=True),
+    "model.augment.off_last_epochs": _number(0, 10_000, integer=True),
+    "train.epochs": _number(1, 10_000, integer=True),
+    "train.batch_size": _number(1, 65_536, integer=True),
+    "train.learning_rate": _number(0, 1e6, low_open=True),
     "train.schedule": _choice("constant", "cosine"),
     "train.warmup": _number(0, 1, high_open=True),
     "train.label_smoothing": _number(0, 1, high_open=True),
     "train.precision": _choice("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    "train.steps_per_execution": _number(1, integer=True),
-    "train.val_batch_size": _number(1, integer=True),
-    "train.shuffle_buffer": _number(1, integer=True),
+    "train.steps_per_execution": _number(1, 10_000, integer=True),
+    "train.val_batch_size": _number(1, 65_536, integer=True),
+    "train.shuffle_buffer": _number(1, 10**8, integer=True),
     "train.threads": _number(0, 1024, integer=True),
     "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
-    "evaluate.batch_size": _number(1, integer=True),
+    "evaluate.batch_size": _number(1, 65_536, integer=True),
     "export.min_agreement": _number(0, 1),
-    "export.batch_size": _number(1, integer=True),
+    "export.batch_size": _number(1, 65_536, integer=True),
     "plot.samples": _number(1, 100, integer=True),
     "plot.misclassified": _number(1, 100, integer=True),
     "plot.dpi": _number(50, 600, integer=True),
 }
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKey(f"key '{key}' is given twice (again on line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_params(path=PARAMS_FILE):
-    """Read params.yaml and check every key against PARAMS_SCHEMA; return the nested dict."""
+    """Read params.yaml (YAML 1.2, as DVC does) and check every key against PARAMS_SCHEMA; return the nested dict."""
     try:
         with open(path) as f:
-            params = yaml.load(f, Loader=_UniqueKeyLoader)
+            params = YAML(typ="safe").load(f)
     except FileNotFoundError:
         raise UserError(f"{path} not found: run the stages from the repository root (dvc repro does)")
-    except _DuplicateKey as e:
-        raise UserError(f"{path}: {e}; keep one of them")
-    except yaml.YAMLError as e:
+    except DuplicateKeyError as e:  # plain YAML would keep the last silently
+        key = re.search(r'duplicate key "(.*?)"', e.problem or "")
+        raise UserError(f"{path}: key '{key.group(1) if key else '?'}' is given twice (again on line "
+                        f"{e.problem_mark.line + 1}); keep one of them")
+    except YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the syntax")
     if not isinstance(params, dict):
         raise UserError(f"{path} must hold a mapping of sections (data, model, train, ...)")

@@ -106,6 +106,51 @@ def test_every_number_in_the_schema_refuses_nan_and_infinity():
             assert PARAMS_SCHEMA[key](value) is not None, (key, value)
 
 
+def test_every_number_in_the_schema_has_an_upper_bound():
+    """10**21 as a batch size, steps_per_execution or shuffle buffer passed, then ended in a traceback."""
+    numbers = [key for key, check in PARAMS_SCHEMA.items() if check("x") in ("a number", "an integer")]
+    lists = [key for key, check in PARAMS_SCHEMA.items() if str(check("x")).startswith("a non-empty list")]
+    assert lists == ["model.conv_filters", "model.dense_units"]
+    for key in numbers:
+        assert PARAMS_SCHEMA[key](10**21) is not None and PARAMS_SCHEMA[key](1e21) is not None, key
+    for key in lists:
+        assert PARAMS_SCHEMA[key]([10**21]) is not None and PARAMS_SCHEMA[key]([8, 10**6]) is not None, key
+
+
+@pytest.mark.parametrize("value, read", [
+    (1e-5, 1e-5),  # DVC writes 1e-05, which YAML 1.1 (PyYAML) reads as the string '1e-05'
+    (2.5e-7, 2.5e-7),
+    (3e-4, 3e-4),
+    (1000.0, 1000.0),
+    (12, 12),  # an int: the train stage turns it into the float Keras wants
+])
+def test_values_as_dvc_writes_them_are_read_as_dvc_reads_them(workdir, value, read):
+    """`dvc exp run -S train.learning_rate=...` rewrites params.yaml with DVC's own YAML writer."""
+    from dvc.utils.serialize import modify_yaml, parse_yaml
+    with modify_yaml("params.yaml") as params:
+        params["train"]["learning_rate"] = value
+    text = (workdir / "params.yaml").read_text()
+    assert load_params()["train"]["learning_rate"] == read == parse_yaml(text, "params.yaml")["train"]["learning_rate"]
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("  epochs: 010", None),  # YAML 1.2: ten, as DVC reads it (YAML 1.1: eight)
+    ("  epochs: 1:30", "train.epochs = '1:30' is not allowed; it must be an integer"),  # YAML 1.1: ninety
+    ("  epochs: 1e21", "train.epochs = 1e+21 is not allowed; it must be an integer"),
+    ("  epochs: 1000000000000000000000", "train.epochs = 1000000000000000000000 is not allowed; it must be <= 10000"),
+    ("  epochs: yes", "train.epochs = 'yes' is not allowed; it must be an integer"),  # YAML 1.1: true
+])
+def test_params_yaml_is_read_as_yaml_1_2(workdir, line, problem):
+    text = (workdir / "params.yaml").read_text().replace("  epochs: 10\n", line + "\n", 1)
+    (workdir / "params.yaml").write_text(text)
+    if problem is None:
+        assert load_params()["train"]["epochs"] == 10
+        return
+    with pytest.raises(UserError) as error:
+        load_params()
+    assert str(error.value) == f"params.yaml: {problem}"
+
+
 def test_stage_reports_bad_param_in_one_line_without_traceback(workdir):
     write_params(workdir, data__val_split=1.5)
     result = run_stage("stages.preprocess", "raw.npz", "out", cwd=workdir)
