@@ -9,11 +9,11 @@ def predict():
     """mnist-predict: classify your own images (mnist_cnn/predict.py)."""
     from mnist_cnn.predict import main
 
-    run(main)
+    run(main, command="predict")
 
 
 def serve():
     """mnist-serve: the drawing page and the HTTP API (mnist_cnn/serve.py)."""
     from mnist_cnn.serve import main
 
-    run(main)
+    run(main, command="serve")

@@ -144,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, command="predict")

@@ -27,6 +27,11 @@ def _interrupt(signum, frame):
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Who started this process, read as the module is imported (first thing in every stage). When the parent
+# dies, Linux gives its children to PID 1 (or a subreaper): a changed parent, not a parent of 1, tells
+# that the parent died; a process started by PID 1 (systemd, `docker run --init`, a container's shell)
+# has had that parent all along.
+PARENT_AT_START = os.getppid()
 SHELLS = {b"sh", b"dash", b"bash", b"zsh", b"ksh"}
 INTERRUPTED = ("interrupted: this run wrote none of its outputs. Under `dvc repro`, DVC set the previous outputs "
                "aside before the stage started: `dvc checkout` brings back the cached ones (data, model) and "
@@ -83,7 +88,7 @@ def die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the call: stop now, as the signal would have made us
+    if os.getppid() != PARENT_AT_START:  # it died before the call: stop now, as the signal would have made us
         os.kill(os.getpid(), signal.SIGTERM)
     pid, started = _watched_parent()
     if pid != os.getppid() and started is not None:
@@ -134,8 +139,9 @@ def filter_library_logs():
     return thread
 
 
-def run(main):
-    """Run a stage's main(argv): user errors become one line on stderr and exit status 1.
+def run(main, command=None):
+    """Run a stage's main(argv), or a command's (predict, serve: `command` names it): user errors become
+    one line on stderr and exit status 1. A stage's life is tied to the `dvc repro` that started it.
 
     Ctrl-C (SIGINT) and `kill` (SIGTERM) stop the stage through the same clean-up path: temporary
     files are removed and the outputs of the previous run are left as they were. SIGINT is handled
@@ -147,7 +153,8 @@ def run(main):
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, _interrupt)
     try:
-        die_with_parent()
+        if command is None:
+            die_with_parent()
         main(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -156,10 +163,10 @@ def run(main):
         if e.errno not in DISK_ERRORS:
             raise
         print(f"error: cannot write {e.filename or 'an output file'}: {DISK_ERRORS[e.errno]}, then run "
-              f"the stage again", file=sys.stderr)
+              f"{'the stage' if command is None else command} again", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(INTERRUPTED if command is None else f"{command}: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

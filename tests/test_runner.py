@@ -1,7 +1,10 @@
 """How a stage runs (mnist_cnn/runner.py): which process its life is tied to."""
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from conftest import CODE_ENV
 
@@ -50,3 +53,56 @@ def test_a_run_prints_none_of_tensorflows_own_log_lines_on_stderr():
                              env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert [line[:12] for line in verbose.stderr.splitlines()] == [
         "E0000 00:00:", "train: our o", "W0000 00:00:", "INFO: Create", "E1130 10:02:", "our last wor"]
+
+
+SLEEPER = """
+import sys, time
+from mnist_cnn.runner import run
+
+def main(argv):
+    time.sleep(float(argv[0]))
+    print("finished", flush=True)
+
+run(main, command=sys.argv[2] if len(sys.argv) > 2 else None)
+"""
+
+
+@pytest.mark.ci_prerequisite
+def test_a_stage_started_by_pid_1_runs_to_its_end():
+    """systemd, `docker run --init`, a container whose entrypoint is a shell: the parent is PID 1 from the start,
+    which is not a parent that died (a stage read it as one, and quit at once with rc 130)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a PID namespace needs root and unshare")
+    # bash is PID 1 of the new namespace and stays the stage's parent (`; true` keeps it from exec'ing python)
+    result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                             f'"{sys.executable}" -c "$0" 0.5; true', SLEEPER],
+                            capture_output=True, text=True, env={**os.environ, **CODE_ENV}, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "finished\n", "")
+
+
+def test_a_stage_whose_parent_dies_stops_and_a_command_carries_on():
+    """The parent (a shell standing in for `dvc repro`) is killed while its child runs: a stage stops within a
+    second or so with its interrupted line; predict or serve, run by a user, are not tied to their parent."""
+    import signal
+    import time
+    outputs = {}
+    for name, command in (("stage", ""), ("command", "serve")):
+        log = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"runner-{os.getpid()}-{name}.log")
+        parent = subprocess.Popen(["bash", "-c", f'"{sys.executable}" -c "$0" 4 {command} > "{log}" 2>&1; true',
+                                   SLEEPER], env={**os.environ, **CODE_ENV}, start_new_session=True)
+        time.sleep(2)  # the child is running and tied to bash
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        time.sleep(4)
+        with open(log) as f:
+            outputs[name] = f.read()
+        os.unlink(log)
+    assert outputs["stage"].startswith("interrupted: this run wrote none of its outputs")
+    assert outputs["command"] == "finished\n"
+
+
+def test_a_command_interrupted_says_so_without_the_stages_advice():
+    result = subprocess.run([sys.executable, "-c", SLEEPER.replace("time.sleep(float(argv[0]))",
+                                                                   "raise KeyboardInterrupt"), "0", "predict"],
+                            capture_output=True, text=True, env={**os.environ, **CODE_ENV})
+    assert (result.returncode, result.stderr) == (130, "predict: interrupted\n")
