@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import os
+import re
+import shlex
 import sys
 import time
 
@@ -36,7 +38,66 @@ def test_branch_comparison_diffs_metrics_params_and_plots(clone):
 
     sh(clone, "dvc", "plots", "diff", "main", "-o", "compare")
     page = (clone / "compare" / "index.html").read_text()
-    assert "main" in page and "workspace" in page and "Confusion matrix" in page
+    assert "main" in page and "workspace" in page and "Confusion matrix" in page and "F1 per class" in page
+
+
+def code_block(page, first):
+    """The commands of the page's bash block that starts with `first`, one per line (continuations joined)."""
+    with open(os.path.join(REPO, page)) as f:
+        block = re.search(rf"```bash\n({re.escape(first)}.*?)```", f.read(), re.DOTALL).group(1)
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def compare_block(page="README.md"):
+    """README's "Change params and compare runs" (docs/pipeline.md repeats it)."""
+    return code_block(page, "dvc exp run -S ")
+
+
+def markdown_rows(text):
+    """A Markdown table as rows of cells, the header first and the |---| line left out."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines() if line.strip()]
+    return [rows[0], *rows[2:]]
+
+
+def exp_show_on_screen(clone, command, columns=120):
+    """`command` (a `dvc exp show ...` line) as a terminal `columns` wide shows it, as rows of cells, the header
+    first; each line fits, and no row wraps onto a second line (a cell that wrapped or was cut would not match
+    the Markdown table). Also the same table as Markdown (`--md`), which has no width to fit."""
+    options = shlex.split(command, comments=True)[3:]
+    shown = sh(clone, "dvc", "exp", "show", "--no-pager", *options, env={"COLUMNS": str(columns)}).stdout
+    lines = [line for line in shown.splitlines() if line.strip() and set(line.strip()) != {"─"}]
+    assert max(map(len, lines)) <= columns, shown
+    on_screen = [re.split(r" {2,}", line.strip()) for line in lines]  # rich pads each cell: 3+ spaces between
+    return on_screen, markdown_rows(sh(clone, "dvc", "exp", "show", "--md", *options).stdout)
+
+
+def column(rows, name):
+    """One column of a table (rows of cells, the header first), from the row below the header."""
+    return [row[rows[0].index(name)] for row in rows[1:]]
+
+
+def test_readme_compare_commands_fit_a_120_column_terminal(clone):
+    """README's "Change params and compare runs" (docs/pipeline.md repeats it), run as written: its
+    `dvc exp show` at COLUMNS=120 shows every experiment with the params that differ, test accuracy and loss
+    and validation accuracy, each cell whole; the detail stays out of it and in `dvc plots`."""
+    block = compare_block()
+    assert compare_block("docs/pipeline.md") == block
+    show = next(line for line in block if line.startswith("dvc exp show"))
+    sh(clone, "dvc", "pull")
+    for line in block:
+        if line != show and not line.startswith("dvc exp run -n"):  # the presets: the queue test runs best
+            sh(clone, "bash", "-c", line)
+
+    on_screen, markdown = exp_show_on_screen(clone, show)
+    assert on_screen == markdown  # nothing folded, cut or wrapped
+    assert on_screen[0] == ["Experiment", "eval.accuracy", "accuracy", "loss", "model.dense_units", "train.epochs"]
+    assert column(on_screen, "train.epochs") == ["3", "1", "3"]  # the workspace, main, the experiment
+    tested = json.loads((clone / "metrics" / "evaluate.json").read_text())
+    assert column(on_screen, "accuracy")[0] == f"{tested['accuracy']:.5g}"
+
+    assert "per_class" not in sh(clone, "dvc", "metrics", "show").stdout
+    page = (clone / "plots_html" / "index.html").read_text()
+    assert "F1 per class (test set)" in page, sh(clone, "dvc", "plots", "diff", "main", "--json").stdout[:3000]
 
 
 # best trains 12 epochs, the last 3 unaugmented; here 2 and 1: the test is about DVC taking the preset
@@ -93,6 +154,17 @@ def test_presets_and_a_grid_sweep_from_the_queue_all_land_in_exp_show(clone):
         assert 0 <= data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1, name
     table = sh(clone, "dvc", "exp", "show", "--md").stdout
     assert all(name in table for name in PRESETS) and "train.epochs" in table and "accuracy" in table
+
+    # docs/reproducing.md's `dvc exp show` after a sweep (README's, ranked by validation accuracy) with five
+    # experiments and best's dozen changed params: more than 120 columns hold, so DVC folds params from the
+    # right; the validation and test scores stay whole on every row
+    sweep = code_block("docs/reproducing.md", "dvc exp run --queue")
+    on_screen, markdown = exp_show_on_screen(clone, next(line for line in sweep if line.startswith("dvc exp show")))
+    assert len(on_screen) == len(markdown) == 1 + 2 + len(PRESETS) + 4  # header, workspace, main, experiments
+    for name in ("eval.accuracy", "accuracy", "loss"):
+        assert column(on_screen, name) == column(markdown, name), name
+    ranked = [float(value) for value in column(on_screen, "eval.accuracy")[2:]]
+    assert ranked == sorted(ranked, reverse=True)
 
     shown = sh(clone, "dvc", "exp", "show", "--csv", "--sort-by", "metrics/train/metrics.json:eval.accuracy",
                "--sort-order", "desc").stdout
