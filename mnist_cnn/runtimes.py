@@ -23,6 +23,9 @@ SAVED_MODEL = "saved_model"
 # What predict and the app open when no model is named: the ONNX export where it exists, being the faster
 # path (docs/predict.md quotes the measurement), else the model train wrote
 DEFAULT_MODELS = ("models/model.onnx", "models/model.keras")
+# onnxruntime 1.32 writes a device id and a telemetry database under ~/.cache/Microsoft/DeveloperTools/ when
+# it is imported (disable_telemetry_events() comes too late for that): this variable, read at import, stops it
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 # The packages each runtime imports, and the extra of the installed package that brings them (pyproject.toml)
 RUNTIME_PACKAGES = {"keras": (("tensorflow", "keras"), "keras"), SAVED_MODEL: (("tensorflow",), "keras"),
                     "onnx": (("onnxruntime",), None), "litert": (("ai_edge_litert",), "litert")}
@@ -127,6 +130,7 @@ def _keras(path):
 def _onnx(path, threads):
     import onnxruntime
 
+    onnxruntime.disable_telemetry_events()  # no events from the sessions either, whatever the version
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = threads

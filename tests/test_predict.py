@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import tiny_onnx
 
 from conftest import digit_images, run_stage
 from mnist_cnn import predict
@@ -211,3 +212,21 @@ def test_models_safe_mode_refuses_or_that_take_no_images_are_one_line(tmp_path, 
         predict.main(["--model", str(lambda_model), str(good_images[0])])
     with pytest.raises(UserError, match=r"flat.keras takes inputs of shape \(None, 784\), not images of"):
         predict.main(["--model", str(flat_model), str(good_images[0])])
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_predict_writes_nothing_under_home(tmp_path):
+    """onnxruntime writes a telemetry database and a device id under ~/.cache unless told not to."""
+    home = tmp_path / "home"
+    home.mkdir()
+    model = tiny_onnx(tmp_path / "model.onnx")
+    digits, _ = digit_images(2, seed=3)
+    Image.fromarray(digits[1]).save(tmp_path / "digit.png")
+    result = run_stage("mnist_cnn.predict", "--model", model, tmp_path / "digit.png", cwd=tmp_path,
+                       env={"HOME": str(home), "XDG_CACHE_HOME": ""})
+    assert result.returncode == 0, result.stderr
+    assert "digit.png\t" in result.stdout
+    assert files_under(home) == []

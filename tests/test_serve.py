@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from tiny_models import tiny_onnx
 
 from conftest import SERVE_LIMIT as LIMIT
 from conftest import digit_images, png, run_stage, served_model
@@ -273,3 +274,16 @@ def test_a_request_that_never_finishes_is_cut_off_after_the_shutdown_timeout(ser
             status, output = stop(process)
     assert status == 0 and time.time() - started < 5
     assert "timeout graceful shutdown exceeded" in output and output.splitlines()[-1] == "serve: stopped", output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_server_writes_nothing_under_home(tmp_path, digits, workers):
+    """onnxruntime writes a telemetry database and a device id under ~/.cache unless told not to."""
+    home = tmp_path / "home"
+    home.mkdir()
+    tiny_onnx(tmp_path / "model.onnx")
+    with served_model(tmp_path, "--model", "model.onnx", "--workers", workers,
+                      env={"HOME": str(home), "XDG_CACHE_HOME": ""}) as (process, url):
+        response = requests.post(f"{url}/predict", files={"file": ("d.png", digits[0][0], "image/png")})
+        assert response.status_code == 200, response.text
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
