@@ -10,11 +10,19 @@ import stat
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 IMAGE_SIZE = 28  # MNIST: 28 x 28 pixels, the digit fitted into 20 x 20 and centred by centre of mass
 INK_THRESHOLD = 0.2  # a pixel is ink when brighter than this fraction of the image's contrast
-MAX_PIXELS = 50_000_000  # larger image files are refused (decompression bombs): 50 megapixels
+# The formats read, as Pillow names them: those README lists (JPEG includes MPO, the JPEG many cameras write;
+# PPM: .pgm, .ppm, .pbm). Pillow opens dozens more (DDS, SPIDER, BLP, ICNS...), none used for digits, each one
+# more parser a crafted file could reach
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP, PGM/PPM"
+# Decoded pixels per image: a 12-megapixel photo fits, a digit needs a tiny fraction; under Pillow's own
+# decompression-bomb limit (89 M), so its warnings never fire for a file we decode
+MAX_PIXELS = 16_000_000
+DRAFT_SIDE = 512  # a JPEG twice this size or more is decoded downscaled, its smaller side kept at this or more
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 
 
@@ -152,34 +160,63 @@ def read_image(path, colour=False):
 
 
 def decode_image(source, colour=False):
-    """read_image's decoding, from a path or a binary file object (an upload held in memory)."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    """read_image's decoding, from a path or a binary file object (an upload held in memory). Every failure of
+    a file, whatever Pillow's plugin raises for it, is BadImage with the reason; Pillow's warnings are dropped."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, in our words
-            with Image.open(source) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise BadImage(f"{width}x{height} pixels is over the limit of {MAX_PIXELS:,}; scale it down")
-                if width < 2 or height < 2:
-                    raise BadImage(f"{width}x{height} pixels is too small to hold a digit")
-                image.load()
-                image = ImageOps.exif_transpose(image)  # a phone photo stored sideways, with its orientation tag
-                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                    rgba = image.convert("RGBA")
-                    image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-                if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            warnings.simplefilter("ignore")  # corrupt EXIF, skipped TIFF tags, bomb warnings: checked in our words
+            with Image.open(source, formats=FORMATS) as image:
+                image = _decoded(image, colour)
+                if image.mode not in ("L", "RGB"):
                     return _high_depth(image, colour)
-                if colour:
-                    return np.asarray(image.convert("RGB"), dtype=np.float32)
-                return np.asarray(image.convert("L"), dtype=np.float32)
+                return np.asarray(image, dtype=np.float32)
     except BadImage:
         raise
     except PermissionError:
         raise BadImage("permission denied: make the file readable")
     except UnidentifiedImageError:
-        raise BadImage("not an image file (or in a format Pillow can't read)")
-    except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses to open it
-        raise BadImage(f"over the limit of {MAX_PIXELS:,} pixels ({e}); scale it down")
-    except (OSError, SyntaxError, ValueError, TypeError, MemoryError) as e:  # truncated or corrupt data
-        raise BadImage(f"broken image data ({e})")
+        raise BadImage(f"not an image file in a format this project reads ({FORMAT_NAMES})")
+    except Image.DecompressionBombError:  # a header claiming over twice Pillow's own limit: refused unread
+        raise BadImage(f"over the limit of {MAX_PIXELS:,} pixels (its header claims over "
+                       f"{2 * Image.MAX_IMAGE_PIXELS:,}); scale it down")
+    except MemoryError:
+        raise BadImage("too large to decode in the memory available; scale it down")
+    except Exception as e:  # noqa: BLE001  a crafted or corrupt file: each plugin fails in its own way
+        raise BadImage(f"broken image data ({type(e).__name__}: {_first_line(e)})")
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def _decoded(image, colour):
+    """An opened image decoded within the pixel budget: L or RGB, or its own 16-bit, 32-bit or float mode."""
+    width, height = image.size
+    if image.format in ("JPEG", "MPO") and min(width, height) >= 2 * DRAFT_SIDE:
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale, keeping the smaller side at DRAFT_SIDE or more: a fraction
+        # of the time and memory, and still far more pixels than a digit's 20x20 needs
+        image.draft("L" if not colour else image.mode, (min(width, DRAFT_SIDE), min(height, DRAFT_SIDE)))
+        width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"{width}x{height} pixels is over the limit of {MAX_PIXELS:,}; scale it down")
+    if width < 2 or height < 2:
+        raise BadImage(f"{width}x{height} pixels is too small to hold a digit")
+    image.load()
+    image = ImageOps.exif_transpose(image)  # a phone photo stored sideways, with its orientation tag
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    if image.mode == "LAB":  # CIELAB (a TIFF option): its L is the lightness; colour by a colour transform
+        return image.getchannel("L") if not colour else ImageCms.applyTransform(image, _lab_to_srgb())
+    try:
+        return image.convert("RGB" if colour else "L")
+    except ValueError:
+        raise BadImage(f"pixels in mode {image.mode}, which this project does not convert: save it as RGB or "
+                       f"grayscale")
+
+
+def _lab_to_srgb():
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")

@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from crafted_images import dds_of_unknown_pixel_format, jpeg_claiming, tiff_with_a_tag_past_its_end
 
 from conftest import REAL_MNIST, image_folder, needs_real_mnist, run_stage, tiny_arrays, write_params
 from mnist_cnn import sources
@@ -249,8 +250,8 @@ def test_unreadable_file_stops_or_is_skipped_as_the_param_says(tmp_path):
     stopped = run_folder(tmp_path, folder)
     assert stopped.returncode == 1 and not (tmp_path / "raw.npz").exists()
     assert stopped.stderr.strip().splitlines() == [
-        f"error: {folder}/two/broken.png: not an image file (or in a format Pillow can't read); fix or remove it, "
-        f"or set data.folder.bad_images: skip"]
+        f"error: {folder}/two/broken.png: not an image file in a format this project reads (PNG, JPEG, BMP, GIF, "
+        f"TIFF, WebP, PGM/PPM); fix or remove it, or set data.folder.bad_images: skip"]
     skipped = run_folder(tmp_path, folder, data__folder__bad_images="skip")
     assert skipped.returncode == 0, skipped.stderr
     assert f"download: skipped {folder}/two/broken.png: not an image file" in skipped.stderr
@@ -387,6 +388,23 @@ def test_special_files_in_an_image_folder_are_skipped_or_stop_with_one_line(tmp_
     stopped = run_folder(tmp_path, folder)
     lines = stopped.stderr.strip().splitlines()
     assert stopped.returncode == 1 and len(lines) == 1 and "dangling symbolic link" in lines[0], lines
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_files_that_are_not_what_they_claim_are_skipped_with_one_line_each(tmp_path, workers):
+    """A DDS file named .png (Pillow's DDS plugin raised NotImplementedError, a traceback even with skip), a
+    TIFF Pillow warns about, a JPEG claiming 7000x7000 pixels: one line for the DDS, the others read, no warning."""
+    folder = image_folder(tmp_path / "mine", classes=("one", "two"), per_class=10)
+    (folder / "two" / "crafted.png").write_bytes(dds_of_unknown_pixel_format())
+    (folder / "two" / "warns.tif").write_bytes(tiff_with_a_tag_past_its_end())
+    (folder / "one" / "claims.jpg").write_bytes(jpeg_claiming(7000, 7000))
+    skipped = run_folder(tmp_path, folder, data__folder__bad_images="skip", data__folder__workers=workers)
+    assert skipped.returncode == 0, skipped.stderr
+    assert skipped.stderr.splitlines() == [
+        f"download: skipped {folder}/two/crafted.png: not an image file in a format this project reads (PNG, JPEG, "
+        f"BMP, GIF, TIFF, WebP, PGM/PPM)"]
+    raw = load_npz(tmp_path / "raw.npz")
+    assert raw["y_train"].size + raw["y_test"].size == 22
 
 
 def test_an_image_folder_read_by_one_or_two_processes_gives_the_same_bytes(tmp_path):

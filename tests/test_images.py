@@ -1,10 +1,15 @@
 """Images as the model sees them (mnist_cnn/images.py): MNIST's own normalisation undoes size, position and polarity."""
+import io
+import time
+import warnings
+
 import numpy as np
 import pytest
-from PIL import Image
+from crafted_images import dds_of_unknown_pixel_format, encoded, jpeg_claiming, tiff_with_a_tag_past_its_end
+from PIL import Image, ImageCms, PngImagePlugin
 
 from conftest import REAL_MNIST, digit_images, needs_real_mnist
-from mnist_cnn.images import BadImage, fit_colour, mnist_style, read_image, to_model_image
+from mnist_cnn.images import BadImage, decode_image, fit_colour, mnist_style, read_image, to_model_image
 
 
 def transformed(digit):
@@ -141,3 +146,98 @@ def test_an_unreadable_file_is_one_line(tmp_path):
         assert message == "permission denied: make the file readable"
     finally:
         shutil.rmtree(folder)
+
+
+OUTSIDE_THE_LIST = {  # formats Pillow opens that the project does not read
+    "unknown.dds": dds_of_unknown_pixel_format,
+    "digit.dds": lambda: encoded(np.repeat(seven()[..., None], 3, axis=2), "DDS"),
+    "digit.spider": lambda: encoded(seven().astype(np.float32), "SPIDER"),
+    "digit.tga": lambda: encoded(seven(), "TGA"),
+    "crafted.blp": lambda: b"BLP1" + b"\x07" * 200,
+}
+
+
+@pytest.mark.parametrize("name", OUTSIDE_THE_LIST)
+def test_formats_outside_the_list_are_not_opened(tmp_path, name):
+    (tmp_path / name).write_bytes(OUTSIDE_THE_LIST[name]())
+    with pytest.raises(BadImage, match=r"not an image file in a format this project reads \(PNG, JPEG, BMP, GIF, "
+                                       r"TIFF, WebP, PGM/PPM\)"):
+        read_image(tmp_path / name)
+
+
+def mutants(data, count, seed):
+    """count copies of data with 1 to 6 random bytes changed, a third of them cut short too."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        copy = bytearray(data)
+        for position in rng.integers(0, len(copy), rng.integers(1, 7)):
+            copy[position] = rng.integers(0, 256)
+        yield bytes(copy[:rng.integers(8, len(copy))] if rng.random() < 0.3 else copy)
+
+
+def test_every_decoder_failure_of_a_listed_format_is_that_files_bad_image():
+    """Corrupt PNG, JPEG, BMP, GIF, TIFF, WebP and PGM files, mutated at random: each is read or is a BadImage,
+    never another exception, and no warning escapes (TIFF's skipped tags, corrupt EXIF...)."""
+    colour = np.repeat(seven()[..., None], 3, axis=2) // [1, 2, 3]
+    sources = [encoded(colour.astype(np.uint8), format) for format in ("PNG", "JPEG", "BMP", "GIF", "WEBP")]
+    sources += [encoded(colour.astype(np.uint8), "TIFF", compression=compression)
+                for compression in (None, "tiff_deflate", "packbits")]
+    sources += [encoded(seven(), "PPM"), encoded(seven().astype(np.uint16) * 257, "TIFF"),
+                tiff_with_a_tag_past_its_end()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed, source in enumerate(sources):
+            for i, data in enumerate(mutants(source, 60, seed)):
+                try:
+                    decode_image(io.BytesIO(data), colour=i % 2 == 1)
+                except BadImage as e:
+                    assert "\n" not in str(e)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_an_exception_a_plugin_was_never_expected_to_raise_is_that_files_bad_image(tmp_path, monkeypatch):
+    """No corrupt PNG, JPEG... found raises outside Pillow's usual OSError and SyntaxError, but DDS raised
+    NotImplementedError and others struct.error: whatever a plugin raises is the file's error, not a traceback."""
+    Image.fromarray(seven()).save(tmp_path / "seven.png")
+
+    def fails(image):
+        raise NotImplementedError("Unimplemented pixel format 1515870810")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", fails)
+    with pytest.raises(BadImage, match=r"^broken image data \(NotImplementedError: Unimplemented pixel format"):
+        read_image(tmp_path / "seven.png")
+
+
+def test_a_jpeg_claiming_7000x7000_pixels_is_decoded_downscaled(tmp_path):
+    (tmp_path / "claims.jpg").write_bytes(jpeg_claiming(7000, 7000))
+    assert (tmp_path / "claims.jpg").stat().st_size < 1000
+    started = time.perf_counter()
+    for colour in (False, True):
+        pixels = read_image(tmp_path / "claims.jpg", colour)  # libjpeg's 1/8 scale: 0.8 megapixels, not 49
+        assert pixels.shape[:2] == (875, 875)
+    assert time.perf_counter() - started < 2  # decoded in full it took 0.3 to 2 s each, and 600 MB
+
+
+def test_the_pixel_budget(tmp_path):
+    Image.new("L", (4001, 4000)).save(tmp_path / "over.png")  # 16,004,000 pixels, a few kB
+    with pytest.raises(BadImage, match="4001x4000 pixels is over the limit of 16,000,000; scale it down"):
+        read_image(tmp_path / "over.png")
+    (tmp_path / "huge.jpg").write_bytes(jpeg_claiming(60000, 60000))  # 1/8 scale is still 56 megapixels
+    with pytest.raises(BadImage, match="over the limit of 16,000,000"):
+        read_image(tmp_path / "huge.jpg")
+    big = np.asarray(Image.fromarray(seven()).resize((2500, 2500), Image.Resampling.BILINEAR))
+    Image.fromarray(big).save(tmp_path / "photo.jpg", quality=90)  # a photo-sized 7: decoded at quarter scale
+    pixels = read_image(tmp_path / "photo.jpg")
+    assert pixels.shape == (625, 625)
+    assert np.abs(to_model_image(pixels) - to_model_image(big)).mean() < 0.01
+
+
+def test_a_lab_tiff_is_read_as_its_lightness_or_converted_to_rgb(tmp_path):
+    rgb = np.zeros((30, 30, 3), np.uint8)
+    rgb[5:25, 12:18] = (200, 60, 30)
+    to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    ImageCms.applyTransform(Image.fromarray(rgb), to_lab).save(tmp_path / "lab.tif")
+    assert Image.open(tmp_path / "lab.tif").mode == "LAB"
+    np.testing.assert_allclose(read_image(tmp_path / "lab.tif", colour=True), rgb, atol=2)
+    lightness = read_image(tmp_path / "lab.tif")
+    assert lightness[0, 0] == 0 and 110 < lightness[15, 15] < 130  # CIE L* of that red: 48 of 100

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from crafted_images import dds_of_unknown_pixel_format, tiff_with_a_tag_past_its_end
 from PIL import Image
 from tiny_models import tiny_onnx
 
@@ -89,7 +90,7 @@ def write_bad_files(folder):
     (folder / "whole.png").unlink()
     return {"empty.png": "empty file", "notes.png": "not an image file", "truncated.png": "broken image data",
             "one_pixel.png": "1x1 pixels is too small", "zero_area.png": "", "blank.png": "no ink",
-            "bomb.png": "10000x6000 pixels is over the limit of 50,000,000"}
+            "bomb.png": "10000x6000 pixels is over the limit of 16,000,000"}
 
 
 @pytest.mark.slow
@@ -230,3 +231,23 @@ def test_predict_writes_nothing_under_home(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "digit.png\t" in result.stdout
     assert files_under(home) == []
+
+
+def test_files_that_are_not_what_they_claim_are_one_line_each_beside_good_ones(tmp_path):
+    """A DDS file named .png (Pillow's DDS plugin raised NotImplementedError), a TIFF Pillow warns about, a
+    LAB TIFF: one error line for the DDS, the others classified, and no Pillow warning on stderr."""
+    model = tiny_onnx(tmp_path / "model.onnx")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(digit_images(1, seed=2)[0][0]).save(folder / "a_good.png")
+    (folder / "b_crafted.png").write_bytes(dds_of_unknown_pixel_format())
+    (folder / "c_warns.tif").write_bytes(tiff_with_a_tag_past_its_end())
+    Image.fromarray(np.stack([digit_images(1, seed=4)[0][0]] * 3, axis=2)).convert("LAB").save(folder / "d_lab.tif")
+    result = run_stage("mnist_cnn.predict", "--model", model, folder, cwd=tmp_path)
+    assert result.returncode == 1
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [
+        f"{folder}/a_good.png", f"{folder}/c_warns.tif", f"{folder}/d_lab.tif"]
+    lines = result.stderr.splitlines()
+    assert lines[0] == (f"error: {folder}/b_crafted.png: not an image file in a format this project reads "
+                        f"(PNG, JPEG, BMP, GIF, TIFF, WebP, PGM/PPM)")
+    assert len(lines) == 2 and lines[1].startswith("predict: 3 images classified, 1 failed"), lines

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import requests
+from crafted_images import dds_of_unknown_pixel_format, encoded
 from PIL import Image
 from tiny_models import tiny_onnx
 
@@ -147,7 +148,13 @@ BAD_REQUESTS = {
         "big.png", os.urandom(LIMIT + 1000), "image/png")}), 413, "over the limit of 2,000,000"),
     "decompression bomb": (lambda u: requests.post(u + "/predict", files={"file": ("bomb.png", bomb_png(),
                                                                                     "image/png")}),
-                           422, "bomb.png: over the limit of 50,000,000 pixels"),
+                           422, "bomb.png: over the limit of 16,000,000 pixels"),
+    "a DDS file named .png": (lambda u: requests.post(u + "/predict", files={"file": (
+        "crafted.png", dds_of_unknown_pixel_format(), "image/png")}), 422,
+        "crafted.png: not an image file in a format this project reads (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM/PPM)"),
+    "broken image data": (lambda u: requests.post(u + "/predict", files={"file": (
+        "cut.tif", encoded(digit_images(1, seed=0)[0][0], "TIFF")[:300], "image/tiff")}), 422,
+        "cut.tif: broken image data"),
     "wrong part type": (lambda u: requests.post(u + "/predict", files={"file": ("a.txt", b"text", "text/plain")}),
                         415, "a.txt: content type 'text/plain' is not an image"),
     "not multipart": (lambda u: requests.post(u + "/predict", json={"file": "digit.png"}),
