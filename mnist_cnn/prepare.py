@@ -41,4 +41,4 @@ def read_split(folder):
 def scaled_shards(split):
     """A split's images shard by shard, each scaled as read_split does: memory bounded by one shard."""
     for path in split.files:
-        yield scale(read_shard(path)[0])
+        yield scale(read_shard(split, path)[0])

@@ -5,6 +5,7 @@ Every stage ends with `run(main)`.
 import atexit
 import ctypes
 import errno
+import gc
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 
-from mnist_cnn.errors import UserError
+from mnist_cnn.errors import UserError, carried_by
 
 # Errors of the machine rather than of our code: a full disk, a read-only or forbidden folder
 DISK_ERRORS = {errno.ENOSPC: "the disk is full: free some space",
@@ -152,22 +153,37 @@ def run(main, command=None):
     filter_library_logs()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, _interrupt)
+    status = _outcome(main, command)
+    # Free what main's frames held before the interpreter's exit: an error's traceback holds a tf.data pipeline,
+    # and a pipeline freed during the exit waits for ever for a shard read whose thread Python has stopped
+    gc.collect()
+    if status:
+        sys.exit(status)
+
+
+def _outcome(main, command):
+    """Run main(argv): 0 when it returns, else the exit status, its line (or a bug's traceback) printed."""
     try:
         if command is None:
             die_with_parent()
         main(sys.argv[1:])
+        return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        if e.errno not in DISK_ERRORS:
-            raise
-        print(f"error: cannot write {e.filename or 'an output file'}: {DISK_ERRORS[e.errno]}, then run "
-              f"{'the stage' if command is None else command} again", file=sys.stderr)
-        sys.exit(1)
+        return 1
     except KeyboardInterrupt:
         print(INTERRUPTED if command is None else f"{command}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except Exception as e:
+        error = carried_by(e)  # a UserError raised in a tf.data pipeline, inside TensorFlow's error
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+        elif isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            print(f"error: cannot write {e.filename or 'an output file'}: {DISK_ERRORS[e.errno]}, then run "
+                  f"{'the stage' if command is None else command} again", file=sys.stderr)
+        else:
+            sys.excepthook(*sys.exc_info())  # our bug: its traceback, as Python prints it
+        return 1
 
 
 def quiet_tensorflow():

@@ -10,15 +10,12 @@ import math
 
 import tensorflow as tf
 
+from mnist_cnn.errors import UserError, raised_in_pipeline
 from mnist_cnn.shards import read_shard
 
 SHARDS_READ = 2  # shards read at once, interleaved: one is read while the other feeds the batches
 PREFETCH = 2  # batches ready ahead of the model: fixed, where tf.data's autotuning would grow its buffers
 RAM_BUDGET = 256 << 20  # bytes tf.data's autotuner may use for the buffers it sizes itself
-
-
-def _load(path):
-    return read_shard(path.decode())
 
 
 def stream(split, batch_size, *, shuffle_buffer=0, seed=0, worker=(0, 1), labels=True, drop_remainder=False,
@@ -36,8 +33,14 @@ def stream(split, batch_size, *, shuffle_buffer=0, seed=0, worker=(0, 1), labels
     if shuffle_buffer:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
+    def read(path):  # called by tf.data in threads of its own
+        try:
+            return read_shard(split, path.decode())
+        except UserError as error:  # reaches the caller inside TensorFlow's error: the runner prints its one line
+            raise raised_in_pipeline(error)
+
     def load(path):
-        x, y = tf.numpy_function(_load, [path], (tf.uint8, tf.int64), stateful=False)
+        x, y = tf.numpy_function(read, [path], (tf.uint8, tf.int64), stateful=False)
         x.set_shape((None, *split.image_shape))
         y.set_shape((None,))
         return x, y

@@ -79,7 +79,7 @@ def read_images(split, indices):
     for path, size in zip(split.files, split.sizes):
         wanted = [i for i in indices if start <= i < start + size]
         if wanted:
-            x = read_shard(path)[0]
+            x = read_shard(split, path)[0]
             images.update((i, x[i - start]) for i in wanted)
         start += size
     return [images[i] for i in indices]
