@@ -1,10 +1,11 @@
 """Classify your own images with the trained model.
 
-    python -m mnist_cnn.predict [--model MODEL] [--json] [--top-k K] PATH...
+    python -m mnist_cnn.predict [--model MODEL] [--trust-model] [--json] [--top-k K] PATH...
 
 MODEL is models/model.onnx where the export stage wrote it (run by onnxruntime, without TensorFlow:
 the faster path, docs/predict.md), else models/model.keras; or name any .keras, .onnx, .tflite file
-or SavedModel folder.
+or SavedModel folder. A SavedModel or .tflite file is a program: it runs only when it is the project's
+own export (its digest in dvc.lock) or with --trust-model (docs/predict.md).
 
 PATHs are image files (PNG, JPEG, BMP, GIF, TIFF, ...), folders (every image inside, sorted) or
 .npy/.npz arrays of images. Each image is brought to the model's input first by the normalisation
@@ -102,13 +103,16 @@ def main(argv):
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, or .npy/.npz arrays")
     parser.add_argument("--model", help="a .keras, .onnx or .tflite file or a SavedModel folder (default: "
                                          "models/model.onnx where it exists, else models/model.keras)")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="run a SavedModel or .tflite file that is not this project's own export: they are "
+                             "programs that can read and write files")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely classes")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: K must be 1 or more")
 
-    model = open_model(args.model or default_model())
+    model = open_model(args.model or default_model(), trust=args.trust_model)
     height, width, channels = model.image_shape
     if height != width:
         raise UserError(f"{model.path} takes {height}x{width} images; predict brings images to a square")

@@ -9,9 +9,11 @@ open_model picks the runtime by the file's form and imports it only then, so a p
 ONNX file starts without TensorFlow (or Keras) at all: a fraction of the start-up time and memory
 (bench/predict_paths.py measures both paths).
 """
+import hashlib
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 
@@ -29,6 +31,16 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 # The packages each runtime imports, and the extra of the installed package that brings them (pyproject.toml)
 RUNTIME_PACKAGES = {"keras": (("tensorflow", "keras"), "keras"), SAVED_MODEL: (("tensorflow",), "keras"),
                     "onnx": (("onnxruntime",), None), "litert": (("ai_edge_litert",), "litert")}
+
+
+# A SavedModel is a TensorFlow program: its graph may hold ops that read and write files (ReadFile, WriteFile,
+# PyFunc...), and a LiteRT file may carry TensorFlow ops too. A .keras file loads in Keras' safe mode and an ONNX
+# file runs onnxruntime's standard operators only, so those two load from anywhere; these two only when they are
+# the project's own exports (their digest is in its dvc.lock) or with --trust-model
+PROGRAMS = {SAVED_MODEL: "a SavedModel", "litert": "a LiteRT file"}
+# An output as DVC writes it in dvc.lock: `- path: models/model.tflite`, then its `md5: ...` (`...dir` for folders)
+LOCK_OUTPUT = re.compile(r"^\s*- path: (\S+)\n(?:\s+\w+:.*\n)*?\s+md5: ([0-9a-f]{32}(?:\.dir)?)$", re.MULTILINE)
+TRUST_ADVICE = "--trust-model runs it if you trust where it came from"
 
 
 def default_model():
@@ -86,36 +98,96 @@ def format_of(path):
     return FORMATS.get(os.path.splitext(path)[1].lower())
 
 
-def open_model(path, threads=0):
+def open_model(path, threads=0, trust=False):
     """The model at path as a Classifier; one line for a missing file, an unknown form or a broken file.
     threads: onnxruntime's and LiteRT's threads per inference, 0 for their default (one per core); the
-    server runs one per request instead, its requests running side by side."""
+    server runs one per request instead, its requests running side by side. trust: run a SavedModel or
+    LiteRT file that is not the project's own export (check_trusted)."""
     if not os.path.exists(path):
         raise UserError(f"{path} not found: run `dvc repro` to train and export the model")
     format = format_of(path)
     if format is None:
         raise UserError(f"{path} is not a model file: give a .keras, .onnx or .tflite file or a SavedModel folder")
     check_runtime(path, format)
+    if not trust:
+        check_trusted(path, format)
     if format == "keras":
         return _keras(path)
     try:
         classifier = {"onnx": _onnx, "litert": _litert, SAVED_MODEL: _saved_model}[format](path, threads)
     except UserError:
         raise
+    except ImportError:  # a runtime there but broken, or made unimportable: find_spec saw it
+        raise missing_runtime(path, format, list(RUNTIME_PACKAGES[format][0]))
     except Exception as e:  # each runtime has its own exceptions for a file it can't read; all mean the same
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable {format} model ({first_line}): run `dvc repro --force export`")
     return classifier
 
 
-def check_runtime(path, format):
-    """One line when the packages that run this format are not installed (`pip install .` without its extra)."""
+def check_runtime(path, format, load=False):
+    """One line when the packages that run this format are not installed (`pip install .` without its extra).
+    load: import them too, to find a package that is there but can't be imported (the export stage)."""
     packages, extra = RUNTIME_PACKAGES[format]
     missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    for name in packages if load and not missing else ():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
-        with_extra = f", or install mnist-cnn with its [{extra}] extra (`pip install '.[{extra}]'`)" if extra else ""
-        raise UserError(f"{path}: {format} models need {' and '.join(missing)}, not installed here: "
-                        f"`pip install {' '.join(missing)}`{with_extra}")
+        raise missing_runtime(path, format, missing)
+
+
+def missing_runtime(path, format, missing):
+    """The one line for a runtime's missing packages: which, and the command that installs them."""
+    extra = RUNTIME_PACKAGES[format][1]
+    with_extra = f", or install mnist-cnn with its [{extra}] extra (`pip install '.[{extra}]'`)" if extra else ""
+    return UserError(f"{path}: {format} models need {' and '.join(missing)}, not installed here: "
+                     f"`pip install {' '.join(missing)}`{with_extra}")
+
+
+def check_trusted(path, format):
+    """One line for a SavedModel or LiteRT file that is not an output the project's pipeline wrote."""
+    if format in PROGRAMS and not is_own_output(path):
+        raise UserError(f"{path}: {PROGRAMS[format]} is a program that can read and write files, and this one is not "
+                        f"this project's export (no dvc.lock above it records its digest): {TRUST_ADVICE}, or run "
+                        f"`dvc repro export` to export your own")
+
+
+def is_own_output(path):
+    """True when the nearest dvc.lock above path records it as a stage's output, with the digest it has now."""
+    path = os.path.abspath(path)
+    root = os.path.dirname(path)
+    while not os.path.isfile(os.path.join(root, "dvc.lock")):
+        if os.path.dirname(root) == root:
+            return False
+        root = os.path.dirname(root)
+    try:
+        with open(os.path.join(root, "dvc.lock"), encoding="utf-8") as f:
+            recorded = dict(LOCK_OUTPUT.findall(f.read()))
+    except (OSError, UnicodeDecodeError):
+        return False
+    relative = os.path.relpath(path, root).replace(os.sep, "/")
+    return relative in recorded and recorded[relative] == dvc_md5(path)
+
+
+def dvc_md5(path):
+    """DVC's md5 of a file (its bytes) or of a folder (of the sorted list of its files' md5 and path, as JSON)."""
+    if not os.path.isdir(path):
+        return _file_md5(path)
+    files = sorted((os.path.relpath(os.path.join(top, name), path).replace(os.sep, "/"), os.path.join(top, name))
+                   for top, _, names in os.walk(path) for name in names)
+    listing = [{"md5": _file_md5(full), "relpath": relative} for relative, full in files]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def _file_md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _keras(path):

@@ -1,6 +1,6 @@
 """Serve the trained model: a page to draw digits on at /, and an HTTP API.
 
-    python -m mnist_cnn.serve [--host 127.0.0.1] [--port 8000] [--model MODEL] [--workers N]
+    python -m mnist_cnn.serve [--host 127.0.0.1] [--port 8000] [--model MODEL] [--trust-model] [--workers N]
                               [--max-upload-mb 4] [--max-files 64] [--access-log] [--shutdown-timeout 25]
 
     POST /predict        one image file, multipart field "file"      -> Prediction {"label", "probability", "top"}
@@ -92,8 +92,9 @@ PREDICT_ERRORS = {  # what /predict and /predict/batch answer a bad request; Ope
 class ServedModel:
     """The model a server process answers with, checked for serving: square images, its class names."""
 
-    def __init__(self, model_path):
-        self.model = open_model(model_path, threads=1)  # one thread per request; requests run side by side
+    def __init__(self, model_path, trust_model=False):
+        # one thread per request, requests running side by side; trust_model: predict's --trust-model
+        self.model = open_model(model_path, threads=1, trust=trust_model)
         height, width, channels = self.model.image_shape
         if height != width:
             raise UserError(f"{self.model.path} takes {height}x{width} images; the server brings images to a square")
@@ -124,11 +125,11 @@ class ServedModel:
         return Health(status="ok", model=self.model.path, format=self.model.format, classes=self.class_names)
 
 
-def create_app(model_path, max_upload_bytes=4_000_000, max_files=64):
+def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model=False):
     """The ASGI app serving the model at model_path, which its lifespan loads: FastAPI behind HeaderChecks."""
     @asynccontextmanager
     async def lifespan(app):
-        app.state.served = ServedModel(model_path)  # before uvicorn accepts a connection
+        app.state.served = ServedModel(model_path, trust_model)  # before uvicorn accepts a connection
         yield
 
     # Starlette spools an upload to a temporary file beyond 1 MB; up to the body limit it stays in memory
@@ -247,6 +248,9 @@ def main(argv):
     parser.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     parser.add_argument("--model", help="a .keras, .onnx or .tflite file or a SavedModel folder (default: "
                                         "models/model.onnx where it exists, else models/model.keras)")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="serve a SavedModel or .tflite file that is not this project's own export: they are "
+                             "programs that can read and write files")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4),
                         help="server processes, each with its own copy of the model (default: one per core, up to "
                              "4; here %(default)s). Decoding and normalising images takes a core's time")
@@ -271,10 +275,10 @@ def main(argv):
     if not args.shutdown_timeout > 0:
         raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: give a number of seconds above 0")
     config = {"model_path": args.model or default_model(), "max_upload_bytes": int(args.max_upload_mb * 1e6),
-              "max_files": args.max_files}
+              "max_files": args.max_files, "trust_model": args.trust_model}
     # A bad model is one line here, before any server process starts; each one's lifespan loads it again.
     # (Uvicorn prints a traceback for a lifespan that fails: fine for our bugs, not for a user's wrong path.)
-    ServedModel(config["model_path"])
+    ServedModel(config["model_path"], args.trust_model)
     print(f"serve: {config['model_path']} loaded; open http://{args.host}:{args.port}/ (the API: /docs)", flush=True)
     # Uvicorn stops on SIGTERM and SIGINT itself: it closes the listening socket, lets the requests in flight
     # finish, runs the lifespan's end, then raises the signal again, which run()'s handler makes a

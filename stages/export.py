@@ -21,13 +21,14 @@ from mnist_cnn.model_files import check_fits, load_model  # noqa: E402
 from mnist_cnn.network import float32_network  # noqa: E402
 from mnist_cnn.params import load_params  # noqa: E402
 from mnist_cnn.prepare import scaled_shards  # noqa: E402
-from mnist_cnn.runtimes import open_model  # noqa: E402
+from mnist_cnn.runtimes import check_runtime, open_model  # noqa: E402
 from mnist_cnn.shards import open_split  # noqa: E402
 
 # format in metrics/export.json -> (Keras' export format, file or folder name in the output folder)
 FORMATS = {"saved_model": ("tf_saved_model", "saved_model"),
            "onnx": ("onnx", "model.onnx"),
            "tflite": ("litert", "model.tflite")}
+RUNTIMES = {"saved_model": "saved_model", "onnx": "onnx", "tflite": "litert"}  # each file's runtime (runtimes.py)
 
 
 def size_mb(path):
@@ -54,6 +55,9 @@ def main(argv):
     parser.add_argument("metrics", help="where to write the comparison (.json)")
     args = parser.parse_args(argv)
     params = load_params()["export"]
+    paths = {name: os.path.join(args.out, file) for name, (_, file) in FORMATS.items()}
+    for name, path in paths.items():  # a missing runtime is one line naming it, before any work
+        check_runtime(path, RUNTIMES[name], load=True)
 
     model = load_model(args.model)
     test = open_split(args.test)
@@ -62,7 +66,6 @@ def main(argv):
     reference = np.concatenate([network.predict(x, batch_size=params["batch_size"], verbose=0)
                                 for x in scaled_shards(test)])  # shard by shard: memory bounded by one
 
-    paths = {name: os.path.join(args.out, file) for name, (_, file) in FORMATS.items()}
     metrics, failed = {}, []
     with atomic_dir(paths["saved_model"]) as saved_model, atomic_path(paths["onnx"]) as onnx, \
             atomic_path(paths["tflite"]) as tflite:
@@ -70,7 +73,7 @@ def main(argv):
             with warnings.catch_warnings():  # tf2onnx's NumPy 2 FutureWarning, TFLite's converter notes
                 warnings.simplefilter("ignore")
                 network.export(tmp, format=FORMATS[name][0], verbose=False)
-            runtime = open_model(tmp)
+            runtime = open_model(tmp, trust=True)  # the stage's own export, just written
             probabilities = np.concatenate([runtime.predict(x, batch_size=params["batch_size"])
                                             for x in scaled_shards(test)])
             metrics[name] = {"size_mb": size_mb(tmp), **compare(reference, probabilities)}

@@ -7,8 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
-from conftest import digit_images, run_stage, write_params
+from conftest import digit_images, run_stage, sh, write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.prepare import read_split
 from mnist_cnn.runtimes import open_model
@@ -26,7 +27,7 @@ def test_each_format_is_written_and_agrees_with_the_keras_model(exported_run):
     for name, file in FILES.items():
         assert metrics[name]["agreement"] >= 0.999 and 0 <= metrics[name]["max_abs_diff"] < 1e-4
         assert metrics[name]["size_mb"] >= 0.9  # the weights alone are 0.9 MB
-        model = open_model(str(exported_run["exports"] / file))
+        model = open_model(str(exported_run["exports"] / file), trust=True)  # no dvc.lock here: trusted by hand
         assert (model.format, model.image_shape, model.num_classes) == (
             {"saved_model": "saved_model", "onnx": "onnx", "tflite": "litert"}[name], (28, 28, 1), 10)
         probabilities = model.predict(x_test, batch_size=37)  # a batch size that leaves a remainder
@@ -45,8 +46,8 @@ def test_too_little_agreement_stops_the_stage_and_writes_nothing(exported_run, t
     (out / "model.onnx").write_bytes(b"previous")
     real_open_model = export.open_model
 
-    def disagreeing(path):
-        model = real_open_model(path)
+    def disagreeing(path, trust=False):
+        model = real_open_model(path, trust=trust)
         real_predict = model.predict
 
         def predict(x, batch_size):
@@ -112,7 +113,8 @@ def test_predict_runs_the_onnx_file_without_tensorflow(onnx_only):
 ])
 def test_a_bad_model_file_is_one_line(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
-    result = run_stage("mnist_cnn.predict", "--model", name, "x.png", cwd=tmp_path)
+    # --trust-model: a LiteRT file from elsewhere is refused unread without it (tests/test_predict.py)
+    result = run_stage("mnist_cnn.predict", "--model", name, "--trust-model", "x.png", cwd=tmp_path)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
 
@@ -143,3 +145,77 @@ def test_a_mixed_precision_model_is_exported_computing_in_float32(exported_run, 
                  str(tmp_path / "models"), str(tmp_path / "export.json")])
     metrics = json.loads((tmp_path / "export.json").read_text())
     assert all(metrics[name]["agreement"] == 1.0 and metrics[name]["max_abs_diff"] < 1e-5 for name in FILES)
+
+
+def saved_model_that_writes(folder, target):
+    """A SavedModel that classifies 28x28x1 images, and writes `target` each time it runs: a program."""
+    import tensorflow as tf
+
+    class Writer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+        def serve(self, x):
+            tf.io.write_file(str(target), tf.strings.as_string(tf.shape(x)[0]))
+            with tf.control_dependencies([tf.io.write_file(str(target), "written by the model")]):
+                return {"probabilities": tf.nn.softmax(tf.reshape(x, [-1, 784])[:, :10])}
+
+    module = Writer()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
+def test_a_savedmodel_that_writes_files_runs_only_with_trust_model(tmp_path):
+    target = tmp_path / "written.txt"
+    saved_model_that_writes(tmp_path / "downloaded", target)
+    digits, _ = digit_images(2, seed=1)
+    np.save(tmp_path / "digits.npy", digits)
+    refused = run_stage("mnist_cnn.predict", "--model", "downloaded", "digits.npy", cwd=tmp_path)
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "downloaded: a SavedModel is a program that can read and write files" in refused.stderr
+    assert not target.exists()
+    trusted = run_stage("mnist_cnn.predict", "--model", "downloaded", "--trust-model", "digits.npy", cwd=tmp_path)
+    assert trusted.returncode == 0, trusted.stderr
+    assert target.read_text() == "written by the model"  # what --trust-model lets it do
+
+
+def test_the_projects_own_exports_load_without_the_flag(exported_run, tmp_path):
+    """The SavedModel and LiteRT file whose digests the project's dvc.lock records (DVC's own digests here, from
+    `dvc add`) load freely; one byte changed, the LiteRT file is refused."""
+    models = tmp_path / "models"
+    shutil.copytree(exported_run["exports"] / "saved_model", models / "saved_model")
+    shutil.copy(exported_run["exports"] / "model.tflite", models / "model.tflite")
+    sh(tmp_path, "dvc", "init", "--no-scm", "-q")
+    sh(tmp_path, "dvc", "add", "-q", "models/saved_model", "models/model.tflite")
+    outs = [yaml.safe_load((models / f"{name}.dvc").read_text())["outs"][0] for name in ("saved_model", "model.tflite")]
+    lock = {"schema": "2.0", "stages": {"export": {"cmd": "python -m stages.export ...", "outs": [
+        {"path": f"models/{out['path']}", "hash": "md5", "md5": out["md5"], "size": out["size"]} for out in outs]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    digits, _ = digit_images(3, seed=2)
+    np.save(tmp_path / "digits.npy", digits)
+    for model, format in (("models/saved_model", "saved_model"), ("models/model.tflite", "litert")):
+        result = run_stage("mnist_cnn.predict", "--model", model, "digits.npy", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "3 images classified, 0 failed" in result.stderr and f"({model}, {format})" in result.stderr
+    with open(models / "model.tflite", "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    changed = run_stage("mnist_cnn.predict", "--model", "models/model.tflite", "digits.npy", cwd=tmp_path)
+    assert changed.returncode == 1 and "is not this project's export" in changed.stderr, changed.stderr
+
+
+def test_a_missing_runtime_is_named_with_its_install_command(exported_run, tmp_path):
+    """onnxruntime made unimportable: the stage names it and the command that installs it, before any work; it
+    named a deleted temporary file and advised rerunning the stage."""
+    blocked = tmp_path / "blocked" / "onnxruntime"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('onnxruntime is blocked in this test')\n")
+    write_params(tmp_path)
+    from conftest import REPO
+
+    result = run_stage("stages.export", exported_run["model"], exported_run["processed"] / "test", "out",
+                       "export.json", cwd=tmp_path, env={"PYTHONPATH": f"{blocked.parent}{os.pathsep}{REPO}"})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: out/model.onnx: onnx models need onnxruntime, not installed here: `pip install onnxruntime`"]
+    assert not (tmp_path / "out").exists()

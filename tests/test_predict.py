@@ -134,7 +134,7 @@ def test_thousands_of_images_go_through_in_batches(model_dir, tmp_path, monkeypa
     calls = []
     original = model.predict
     monkeypatch.setattr(model, "predict", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
-    monkeypatch.setattr(predict, "open_model", lambda path: model)
+    monkeypatch.setattr(predict, "open_model", lambda path, **options: model)
     predict.main(["--model", str(model_dir / "model.keras"), "--json", str(tmp_path / "many.npy")])
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 1200 and calls == [512, 512, 176]
@@ -251,3 +251,24 @@ def test_files_that_are_not_what_they_claim_are_one_line_each_beside_good_ones(t
     assert lines[0] == (f"error: {folder}/b_crafted.png: not an image file in a format this project reads "
                         f"(PNG, JPEG, BMP, GIF, TIFF, WebP, PGM/PPM)")
     assert len(lines) == 2 and lines[1].startswith("predict: 3 images classified, 1 failed"), lines
+
+
+@pytest.mark.parametrize("command", [("mnist_cnn.predict", "x.png"), ("mnist_cnn.serve", "--port", "1")],
+                         ids=["predict", "serve"])
+def test_a_savedmodel_or_litert_file_from_elsewhere_runs_only_with_trust_model(tmp_path, command):
+    """Both are programs (a SavedModel's graph can read and write files): not the project's own export, they are
+    refused before a byte is parsed; --trust-model hands them to their runtime (here: a file LiteRT can't read).
+    tests/test_export.py runs a SavedModel that writes a file, and the project's own exports."""
+    (tmp_path / "saved_model").mkdir()
+    (tmp_path / "saved_model" / "saved_model.pb").write_bytes(b"not a graph")
+    (tmp_path / "model.tflite").write_bytes(b"not a flatbuffer")
+    module, *rest = command
+    for model, kind in (("saved_model", "a SavedModel"), ("model.tflite", "a LiteRT file")):
+        refused = run_stage(module, "--model", model, *rest, cwd=tmp_path)
+        assert refused.returncode == 1 and refused.stderr.splitlines() == [
+            f"error: {model}: {kind} is a program that can read and write files, and this one is not this "
+            f"project's export (no dvc.lock above it records its digest): --trust-model runs it if you trust "
+            f"where it came from, or run `dvc repro export` to export your own"], refused.stderr
+    trusted = run_stage(module, "--model", "model.tflite", "--trust-model", *rest, cwd=tmp_path)
+    assert trusted.returncode == 1 and "error: model.tflite is not a readable litert model" in trusted.stderr, \
+        trusted.stderr
