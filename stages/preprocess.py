@@ -3,7 +3,8 @@
 Writes the folders train/, val/ and test/ into the output folder, each a split as shards of at most
 data.shard_mb MiB of images (mnist_cnn/shards.py): part-00000.npz, ... with x, uint8 (N, H, W, C)
 with C = 1 for grayscale and 3 for RGB (scaled when train and evaluate read it); y, integer labels;
-class_names. MNIST's splits are one shard each. The validation split comes from the training set
+class_names; and manifest.json, which lists them (their images, bytes and SHA-256) for the readers to check.
+MNIST's splits are one shard each. The validation split comes from the training set
 only; the test set is kept apart for the evaluate stage.
 """
 import argparse
