@@ -4,7 +4,11 @@ A user's image, in a folder dataset (download) or given to predict, goes through
 to_model_image: MNIST's own recipe for grayscale (light ink on black, cropped to the ink, fitted
 into 20x20, centred by centre of mass in 28x28), or fitted and centred for colour.
 """
+import ctypes
+import ctypes.util
 import errno
+import functools
+import glob
 import os
 import stat
 import warnings
@@ -162,6 +166,7 @@ def read_image(path, colour=False):
 def decode_image(source, colour=False):
     """read_image's decoding, from a path or a binary file object (an upload held in memory). Every failure of
     a file, whatever Pillow's plugin raises for it, is BadImage with the reason; Pillow's warnings are dropped."""
+    _quiet_libtiff()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # corrupt EXIF, skipped TIFF tags, bomb warnings: checked in our words
@@ -183,6 +188,24 @@ def decode_image(source, colour=False):
         raise BadImage("too large to decode in the memory available; scale it down")
     except Exception as e:  # noqa: BLE001  a crafted or corrupt file: each plugin fails in its own way
         raise BadImage(f"broken image data ({type(e).__name__}: {_first_line(e)})")
+
+
+@functools.cache
+def _quiet_libtiff():
+    """Turn off libtiff's own printing: it wrote its decoding errors to stderr (`ZIPDecode: Decoding error at
+    scanline 0, ...`) beside the exception Pillow raises, which becomes the file's one line. Pillow's wheels
+    bundle libtiff in pillow.libs/; a Pillow built on the system's libtiff uses that one."""
+    bundled = glob.glob(os.path.join(os.path.dirname(os.path.dirname(Image.__file__)), "pillow.libs", "libtiff*.so*"))
+    for path in [*bundled, ctypes.util.find_library("tiff")]:
+        try:
+            library = ctypes.CDLL(path) if path else None
+        except OSError:
+            continue
+        if library is not None:
+            for setter in (library.TIFFSetErrorHandler, library.TIFFSetWarningHandler):
+                setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
+                setter(None)
+            return
 
 
 def _first_line(error):

@@ -49,3 +49,11 @@ def tiff_with_a_tag_past_its_end(size=60):
         ifd += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 else
                                                         struct.pack("<I", value))
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + pixels
+
+
+def tiff_whose_deflate_stream_is_broken():
+    """A deflate-compressed TIFF whose strip starts with a bad zlib header: libtiff printed `ZIPDecode: Decoding
+    error at scanline 0, incorrect header check.` to stderr itself."""
+    data = bytearray(encoded(np.repeat(digit()[..., None], 3, axis=2), "TIFF", compression="tiff_deflate"))
+    data[Image.open(io.BytesIO(bytes(data))).tag_v2[273][0]] = 0  # the first byte of the first strip
+    return bytes(data)

@@ -5,7 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-from crafted_images import dds_of_unknown_pixel_format, tiff_with_a_tag_past_its_end
+from crafted_images import (
+    dds_of_unknown_pixel_format,
+    tiff_whose_deflate_stream_is_broken,
+    tiff_with_a_tag_past_its_end,
+)
 from PIL import Image
 from tiny_models import tiny_onnx
 
@@ -235,13 +239,15 @@ def test_predict_writes_nothing_under_home(tmp_path):
 
 def test_files_that_are_not_what_they_claim_are_one_line_each_beside_good_ones(tmp_path):
     """A DDS file named .png (Pillow's DDS plugin raised NotImplementedError), a TIFF Pillow warns about, a
-    LAB TIFF: one error line for the DDS, the others classified, and no Pillow warning on stderr."""
+    LAB TIFF, a TIFF libtiff complains about: one error line each for the DDS and the broken TIFF, the others
+    classified, and no Pillow warning or libtiff message on stderr."""
     model = tiny_onnx(tmp_path / "model.onnx")
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(digit_images(1, seed=2)[0][0]).save(folder / "a_good.png")
     (folder / "b_crafted.png").write_bytes(dds_of_unknown_pixel_format())
     (folder / "c_warns.tif").write_bytes(tiff_with_a_tag_past_its_end())
+    (folder / "e_libtiff_complains.tif").write_bytes(tiff_whose_deflate_stream_is_broken())
     Image.fromarray(np.stack([digit_images(1, seed=4)[0][0]] * 3, axis=2)).convert("LAB").save(folder / "d_lab.tif")
     result = run_stage("mnist_cnn.predict", "--model", model, folder, cwd=tmp_path)
     assert result.returncode == 1
@@ -250,7 +256,8 @@ def test_files_that_are_not_what_they_claim_are_one_line_each_beside_good_ones(t
     lines = result.stderr.splitlines()
     assert lines[0] == (f"error: {folder}/b_crafted.png: not an image file in a format this project reads "
                         f"(PNG, JPEG, BMP, GIF, TIFF, WebP, PGM/PPM)")
-    assert len(lines) == 2 and lines[1].startswith("predict: 3 images classified, 1 failed"), lines
+    assert lines[1] == f"error: {folder}/e_libtiff_complains.tif: broken image data (OSError: decoder error -2)"
+    assert len(lines) == 3 and lines[2].startswith("predict: 3 images classified, 2 failed"), lines
 
 
 @pytest.mark.parametrize("command", [("mnist_cnn.predict", "x.png"), ("mnist_cnn.serve", "--port", "1")],
