@@ -109,12 +109,15 @@ def filter_library_logs():
     """Route fd 2 through a thread that drops LIBRARY_LOG_LINE lines and passes every other line on, so a run
     that succeeds prints nothing on stderr. TF_CPP_MIN_LOG_LEVEL=0 (TensorFlow's "show me everything") keeps all.
 
+    Python's own sys.stderr (our error lines, warnings, tracebacks, uvicorn's log) keeps writing to the real
+    stderr directly, so it stays in order with stdout; only what C code writes to fd 2 takes the detour.
     At exit, fd 2 is put back and the thread drains what is left. Returns the thread (None when off).
     """
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         return None
     sys.stderr.flush()
     original = os.dup(2)
+    sys.stderr = open(os.dup(original), "w", buffering=1, encoding=sys.stderr.encoding, errors=sys.stderr.errors)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
