@@ -23,6 +23,7 @@ import copy
 import io
 import json
 import os
+import socket
 import threading
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -241,6 +242,18 @@ def logging_config():
     return config
 
 
+def check_can_listen(host, port):
+    """One line, rather than uvicorn's `ERROR: [Errno 98]` and exit 3, for a port in use or a host not ours."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own socket
+            probe.bind(address)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; stop what uses that port or give "
+                        f"another --port (or --host)")
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this "
@@ -274,6 +287,7 @@ def main(argv):
         raise UserError(f"--port {args.port}: give a port from 1 to 65535")
     if not args.shutdown_timeout > 0:
         raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: give a number of seconds above 0")
+    check_can_listen(args.host, args.port)  # before the model loads: uvicorn would say so after, as a log line
     config = {"model_path": args.model or default_model(), "max_upload_bytes": int(args.max_upload_mb * 1e6),
               "max_files": args.max_files, "trust_model": args.trust_model}
     # A bad model is one line here, before any server process starts; each one's lifespan loads it again.

@@ -294,3 +294,16 @@ def test_the_server_writes_nothing_under_home(tmp_path, digits, workers):
         response = requests.post(f"{url}/predict", files={"file": ("d.png", digits[0][0], "image/png")})
         assert response.status_code == 200, response.text
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+    tiny_onnx(tmp_path / "model.onnx")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_stage("mnist_cnn.serve", "--model", "model.onnx", "--port", port, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; stop what uses that port or give "
+        f"another --port (or --host)"]
