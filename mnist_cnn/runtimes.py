@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 
 import numpy as np
 
@@ -105,6 +106,10 @@ def open_model(path, threads=0, trust=False):
     LiteRT file that is not the project's own export (check_trusted)."""
     if not os.path.exists(path):
         raise UserError(f"{path} not found: run `dvc repro` to train and export the model")
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # opening a FIFO waits for a writer, for ever
+        raise UserError(f"{path} is a FIFO, socket or device, not a model file: give a .keras, .onnx or .tflite "
+                        f"file or a SavedModel folder")
     format = format_of(path)
     if format is None:
         raise UserError(f"{path} is not a model file: give a .keras, .onnx or .tflite file or a SavedModel folder")

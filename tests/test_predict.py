@@ -122,6 +122,15 @@ def test_missing_model_says_run_dvc_repro(tmp_path, good_images):
         f"error: {tmp_path}/none.keras not found: run `dvc repro` to train and export the model"]
 
 
+@pytest.mark.parametrize("name", ["model.onnx", "model.keras", "model.tflite"])
+def test_a_fifo_as_the_model_is_one_line_not_a_hang(tmp_path, good_images, name):
+    os.mkfifo(tmp_path / name)  # nothing ever writes to it: reading it would wait for ever
+    result = run_stage("mnist_cnn.predict", "--model", tmp_path / name, good_images[0], cwd=tmp_path)
+    assert (result.returncode, result.stderr.splitlines()) == (1, [
+        f"error: {tmp_path}/{name} is a FIFO, socket or device, not a model file: give a .keras, .onnx or .tflite "
+        f"file or a SavedModel folder"])
+
+
 @pytest.mark.slow
 def test_file_that_is_not_a_keras_model(tmp_path, good_images):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
