@@ -6,9 +6,11 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
+import sys
 import time
 import zlib
 from urllib.parse import urlsplit
@@ -307,3 +309,20 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
     assert result.stderr.splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; stop what uses that port or give "
         f"another --port (or --host)"]
+
+
+@pytest.mark.ci_prerequisite
+def test_the_server_as_pid_1_of_a_container_drains_and_exits_0_on_sigterm(tmp_path):
+    """`docker run` without --init makes the server PID 1, which the kernel sends no signal it does not handle."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a PID namespace needs root and unshare")
+    tiny_onnx(tmp_path / "model.onnx")
+    command = ("unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "mnist_cnn.serve")
+    with served_model(tmp_path, "--model", "model.onnx", command=command) as (process, url):
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+            server = int(f.read().split()[0])
+        with open(f"/proc/{server}/status") as f:
+            assert re.search(r"^NSpid:\s+\d+\s+1$", f.read(), re.MULTILINE)  # PID 1 in its own namespace
+        os.kill(server, signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and output.splitlines()[-1] == "serve: stopped", output
