@@ -133,7 +133,7 @@ def open_model(path, threads=0, trust=False):
 def check_runtime(path, format, load=False):
     """One line when the packages that run this format are not installed (`pip install .` without its extra).
     load: import them too, to find a package that is there but can't be imported (the export stage)."""
-    packages, extra = RUNTIME_PACKAGES[format]
+    packages = RUNTIME_PACKAGES[format][0]
     missing = [name for name in packages if importlib.util.find_spec(name) is None]
     for name in packages if load and not missing else ():
         try:
@@ -188,11 +188,8 @@ def dvc_md5(path):
 
 
 def _file_md5(path):
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _keras(path):

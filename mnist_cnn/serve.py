@@ -126,11 +126,12 @@ class ServedModel:
         return Health(status="ok", model=self.model.path, format=self.model.format, classes=self.class_names)
 
 
-def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model=False):
-    """The ASGI app serving the model at model_path, which its lifespan loads: FastAPI behind HeaderChecks."""
+def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model=False, loaded=None):
+    """The ASGI app serving the model at model_path, which its lifespan loads (unless `loaded`, that model's
+    ServedModel, is given: main's, with one server process): FastAPI behind HeaderChecks."""
     @asynccontextmanager
     async def lifespan(app):
-        app.state.served = ServedModel(model_path, trust_model)  # before uvicorn accepts a connection
+        app.state.served = loaded or ServedModel(model_path, trust_model)  # before uvicorn accepts a connection
         yield
 
     # Starlette spools an upload to a temporary file beyond 1 MB; up to the body limit it stays in memory
@@ -290,9 +291,9 @@ def main(argv):
     check_can_listen(args.host, args.port)  # before the model loads: uvicorn would say so after, as a log line
     config = {"model_path": args.model or default_model(), "max_upload_bytes": int(args.max_upload_mb * 1e6),
               "max_files": args.max_files, "trust_model": args.trust_model}
-    # A bad model is one line here, before any server process starts; each one's lifespan loads it again.
-    # (Uvicorn prints a traceback for a lifespan that fails: fine for our bugs, not for a user's wrong path.)
-    ServedModel(config["model_path"], args.trust_model)
+    # A bad model is one line here, before any server process starts; each worker process's lifespan loads it
+    # again. (Uvicorn prints a traceback for a lifespan that fails: fine for our bugs, not for a user's wrong path.)
+    loaded = ServedModel(config["model_path"], args.trust_model)
     print(f"serve: {config['model_path']} loaded; open http://{args.host}:{args.port}/ (the API: /docs)", flush=True)
     # Uvicorn stops on SIGTERM and SIGINT itself: it closes the listening socket, lets the requests in flight
     # finish, runs the lifespan's end, then raises the signal again, which run()'s handler makes a
@@ -300,7 +301,7 @@ def main(argv):
     server = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_config": logging_config(),
               "timeout_graceful_shutdown": args.shutdown_timeout}
     if args.workers == 1:
-        uvicorn.run(create_app(**config), **server)
+        uvicorn.run(create_app(**config, loaded=loaded), **server)  # this process serves: the model it loaded
     else:
         os.environ[WORKER_CONFIG] = json.dumps(config)
         uvicorn.run("mnist_cnn.serve:worker_app", factory=True, workers=args.workers, **server)
