@@ -101,6 +101,7 @@ PARAMS_SCHEMA = {
     "train.shuffle_buffer": _number(1, 10**8, integer=True),
     "train.threads": _number(0, 1024, integer=True),
     "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
+    "train.worker_timeout": _number(1, 86_400),
     "evaluate.batch_size": _number(1, 65_536, integer=True),
     "export.min_agreement": _number(0, 1),
     "export.batch_size": _number(1, 65_536, integer=True),

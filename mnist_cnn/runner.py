@@ -164,6 +164,17 @@ def run(main, command=None):
         sys.exit(status)
 
 
+# A signal that lands while TensorFlow's C++ is raising an error of its own (a collective that failed) comes out
+# as pybind11's "RuntimeError: pybind11::error_already_set: MISMATCH of original and normalized active exception
+# types: ORIGINAL UnavailableError REPLACED BY KeyboardInterrupt: SIGINT"
+PYBIND_INTERRUPT = "REPLACED BY KeyboardInterrupt"
+
+
+def _interrupted(command):
+    print(INTERRUPTED if command is None else f"{command}: interrupted", file=sys.stderr)
+    return 130
+
+
 def _outcome(main, command):
     """Run main(argv): 0 when it returns, else the exit status, its line (or a bug's traceback) printed."""
     try:
@@ -175,9 +186,10 @@ def _outcome(main, command):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(INTERRUPTED if command is None else f"{command}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(command)
     except Exception as e:
+        if PYBIND_INTERRUPT in str(e):  # Ctrl-C inside TensorFlow's C++, as pybind11 reports it
+            return _interrupted(command)
         error = carried_by(e)  # a UserError raised in a tf.data pipeline, inside TensorFlow's error
         if error is not None:
             print(f"error: {error}", file=sys.stderr)

@@ -97,10 +97,11 @@ def set_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def distribution_strategy(choice):
+def distribution_strategy(train):
     """The tf.distribute strategy for train.distribute; the global batch is split across its replicas."""
+    choice = train["distribute"]
     if choice == "multi_worker":  # created before any other TensorFlow op, as the strategy requires
-        return multi_worker.strategy()
+        return multi_worker.strategy(train["worker_timeout"])
     gpus = tf.config.list_logical_devices("GPU")
     if choice == "auto":
         choice = "mirrored" if len(gpus) > 1 else "none"
@@ -162,7 +163,7 @@ def main(argv):
         steps_per_epoch = math.ceil(train_split.images / train["batch_size"])
 
     set_threads(train["threads"])
-    strategy = distribution_strategy(train["distribute"])
+    strategy = distribution_strategy(train)
     seed_everything(params["seed"])
     precision = resolve_precision(train["precision"])
     steps_per_execution = train["steps_per_execution"]

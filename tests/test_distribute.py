@@ -2,9 +2,12 @@
 import dataclasses
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -67,7 +70,7 @@ def test_distribute_picks_devices_by_what_the_machine_has(monkeypatch, choice, g
     devices = {"GPU": [Device(f"/GPU:{i}") for i in range(gpus)], "CPU": [Device("/CPU:0")]}
     monkeypatch.setattr(train.tf.config, "list_logical_devices", lambda kind: devices[kind])
     monkeypatch.setattr(train.tf.distribute, "MirroredStrategy", lambda names: names)
-    strategy = train.distribution_strategy(choice)
+    strategy = train.distribution_strategy({"distribute": choice, "worker_timeout": 300})
     assert strategy == expected if expected != "default" else strategy is train.tf.distribute.get_strategy()
 
 
@@ -87,6 +90,7 @@ def test_multi_worker_without_tf_config_is_one_line(processed_dir, workdir):
     "{not json", "[]", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
     '{"cluster": {"worker": ["127.0.0.1:1"], "chief": ["127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}',
     '{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}',
+    '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": true}}',
 ])
 def test_a_malformed_tf_config_is_one_line(monkeypatch, tf_config):
     from mnist_cnn import multi_worker
@@ -95,6 +99,113 @@ def test_a_malformed_tf_config_is_one_line(monkeypatch, tf_config):
         multi_worker.cluster()
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}')
     assert multi_worker.cluster() == (1, 2)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:http", ":12345", "127.0.0.1:"])
+def test_a_worker_address_without_a_usable_port_is_one_line(monkeypatch, address):
+    from mnist_cnn import multi_worker
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:2222", address]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(UserError, match=f"names the worker '{address}': each worker must be host:port, with a port "
+                                        f"from 1 to 65535"):
+        multi_worker.cluster()
+
+
+def test_workers_meet_before_tensorflow_starts_and_a_worker_that_never_comes_is_one_line():
+    """meet() returns once every other worker's port answers; a missing one ends the wait at the deadline."""
+    from mnist_cnn import multi_worker
+    mine, theirs = (f"127.0.0.1:{port}" for port in free_ports(2))
+    start = time.monotonic()
+    with pytest.raises(UserError, match=rf"worker 0 of 2: {theirs} did not come within 0.5 s \(train.worker_timeout\)"):
+        multi_worker.meet([mine, theirs], 0, timeout=0.5)
+    assert 0.5 <= time.monotonic() - start < 3
+    with socket.create_server(("127.0.0.1", int(theirs.split(":")[1]))):  # the other worker, listening
+        multi_worker.meet([mine, theirs], 0, timeout=5)
+    with socket.create_server(("", int(mine.split(":")[1]))):  # this worker's port taken by something else
+        with pytest.raises(UserError, match=rf"worker 0 cannot listen on port {mine.split(':')[1]} \({mine} in "
+                                            r"TF_CONFIG\): Address already in use; stop what uses it"):
+            multi_worker.meet([mine, theirs], 0, timeout=5)
+
+
+def test_while_tensorflow_connects_the_workers_ctrl_c_and_sigterm_end_the_process():
+    """TensorFlow's wait holds Python's lock, so no Python handler could run: the default actions do."""
+    from mnist_cnn import multi_worker
+    before = [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)]
+    with multi_worker.signals_kill():
+        assert [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)] == [signal.SIG_DFL] * 2
+    assert [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)] == before
+
+
+def start_workers(tmp_path, directory, count, started, **params):
+    """Start the first `started` of `count` multi-worker train stages on 127.0.0.1; their Popen objects."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(count)]}
+    workers = []
+    for index in range(started):
+        workdir = tmp_path / f"worker{index}"
+        workdir.mkdir()
+        write_params(workdir, train__batch_size=16, train__distribute="multi_worker", **params)
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "stages.train", directory / "train", directory / "val", "models/model.keras",
+             "log"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **CODE_ENV, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "3"}))
+    return workers
+
+
+def wait_for_line(process, text, limit=120):
+    """Read process's stdout until a line holding `text`; the lines read."""
+    lines, deadline = [], time.monotonic() + limit
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if text in line or not line:
+            break
+    assert text in lines[-1], lines
+    return lines
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_waiting_for_the_others_stops_on_sigterm_and_ctrl_c(sharded_dir, tmp_path, number):
+    """Only worker 0 of 2 started: it waits, and a signal ends the wait within seconds with one line."""
+    (worker,) = start_workers(tmp_path, sharded_dir, 2, 1, train__worker_timeout=600)
+    try:
+        wait_for_line(worker, "waiting for the others (TF_CONFIG; at most 600 s)")
+        time.sleep(0.5)
+        worker.send_signal(number)
+        start = time.monotonic()
+        stdout, stderr = worker.communicate(timeout=30)
+        assert time.monotonic() - start < 10
+    finally:
+        worker.kill()
+    assert worker.returncode == 130 and stderr.startswith("interrupted: this run wrote none of its outputs"), stderr
+    assert len(stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_mid_training_stops_the_other_with_one_line(sharded_dir, tmp_path):
+    """Ctrl-C stops a training worker within seconds; the other sees its peer gone: one line each, rc 130 and
+    1, and the chief's previous model and log are kept."""
+    chief = tmp_path / "worker0"
+    workers = start_workers(tmp_path, sharded_dir, 2, 2, train__epochs=500)
+    (chief / "models").mkdir()
+    (chief / "models" / "model.keras").write_text("the previous model")
+    try:
+        wait_for_line(workers[1], "Epoch 1/500")
+        workers[1].send_signal(signal.SIGINT)
+        start = time.monotonic()
+        outputs = [worker.communicate(timeout=60) for worker in reversed(workers)]
+        assert time.monotonic() - start < 30
+    finally:
+        for worker in workers:
+            worker.kill()
+    (_, interrupted), (_, lost) = outputs
+    assert workers[1].returncode == 130 and interrupted.startswith("interrupted: this run wrote none"), interrupted
+    assert workers[0].returncode == 1, lost
+    assert len(lost.splitlines()) == 1 and lost.startswith(
+        "error: worker 0 of 2: another worker stopped or cannot be reached ("), lost
+    assert lost.rstrip().endswith("); nothing was saved: start every worker again")
+    assert (chief / "models" / "model.keras").read_text() == "the previous model"
+    assert sorted(p.name for p in chief.iterdir()) == ["models", "params.yaml"]  # no log, no temporary folder
 
 
 def test_multi_worker_needs_a_shard_per_worker_and_an_even_batch(processed_dir):
