@@ -15,6 +15,7 @@ import json
 import os
 import re
 import stat
+import sys
 
 import numpy as np
 
@@ -192,10 +193,23 @@ def _file_md5(path):
         return hashlib.file_digest(f, "md5").hexdigest()
 
 
-def _keras(path):
+def _tensorflow():
+    """TensorFlow, imported without its log lines (quiet_tensorflow) and without writing under the user's home.
+
+    At import, Keras writes ~/.keras/keras.json when there is none, and matplotlib, which Keras imports for
+    its plotting helpers (inside `except ImportError`), builds a font cache in ~/.cache/matplotlib. So
+    matplotlib is not imported (nothing here plots), and without a keras.json Keras is pointed at a folder
+    that cannot exist (its writes fail quietly, as Keras allows); a user's own keras.json is still read."""
     from mnist_cnn.runner import quiet_tensorflow
 
-    quiet_tensorflow()  # before Keras imports TensorFlow, so it starts without its log lines
+    if "KERAS_HOME" not in os.environ and not os.path.exists(os.path.expanduser("~/.keras/keras.json")):
+        os.environ["KERAS_HOME"] = os.path.join(os.devnull, "keras")
+    sys.modules.setdefault("matplotlib", None)  # `import matplotlib` raises ImportError from here on
+    return quiet_tensorflow()
+
+
+def _keras(path):
+    _tensorflow()  # before Keras imports TensorFlow, so it starts without its log lines
     model = load_model(path)
     return Classifier(path, "keras", model.input_shape, model.output_shape[-1],
                       lambda x: model.predict_on_batch(x))
@@ -234,9 +248,7 @@ def _litert(path, threads):
 
 
 def _saved_model(path, threads):  # TensorFlow's threads are set process-wide, not per model
-    from mnist_cnn.runner import quiet_tensorflow
-
-    tf = quiet_tensorflow()
+    tf = _tensorflow()
     serve = tf.saved_model.load(path).signatures["serving_default"]
     (input_,) = serve.structured_input_signature[1].values()
     (output,) = serve.structured_outputs.values()

@@ -232,11 +232,16 @@ def files_under(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def test_predict_writes_nothing_under_home(tmp_path):
-    """onnxruntime writes a telemetry database and a device id under ~/.cache unless told not to."""
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_predict_writes_nothing_under_home(tmp_path, request, kind):
+    """onnxruntime writes a telemetry database and a device id under ~/.cache unless told not to; Keras writes
+    ~/.keras/keras.json and matplotlib (imported by Keras) a font cache under ~/.cache, unless kept from it."""
     home = tmp_path / "home"
     home.mkdir()
-    model = tiny_onnx(tmp_path / "model.onnx")
+    if kind == "onnx":
+        model = tiny_onnx(tmp_path / "model.onnx")
+    else:
+        model = request.getfixturevalue("model_dir") / "model.keras"
     digits, _ = digit_images(2, seed=3)
     Image.fromarray(digits[1]).save(tmp_path / "digit.png")
     result = run_stage("mnist_cnn.predict", "--model", model, tmp_path / "digit.png", cwd=tmp_path,
