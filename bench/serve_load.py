@@ -23,7 +23,6 @@ import os
 import statistics
 import time
 import urllib.request
-import uuid
 
 import numpy as np
 from PIL import Image
@@ -31,42 +30,12 @@ from PIL import Image
 from mnist_cnn.files import write_json
 from mnist_cnn.machine import describe
 from mnist_cnn.prepare import read_split
+from tools.http_clients import exchange, multipart_request
 from tools.project import REPO, served_model
 
 RESULTS = os.path.join(REPO, "bench", "results", "serve_load.json")
 RSS_REQUESTS = 10_000
 OFFERED_RATE = 300
-
-
-def multipart_request(port, path, field, images):
-    """The bytes of one POST with images as multipart files, as a browser would send them."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for i, data in enumerate(images):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{i}.png"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
-            f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    return head + body
-
-
-async def exchange(reader, writer, request):
-    """Send one request on a kept-alive connection; (status, seconds)."""
-    start = time.perf_counter()
-    writer.write(request)
-    await writer.drain()
-    status_line = await reader.readline()
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return int(status_line.split()[1]), time.perf_counter() - start
 
 
 async def closed_loop(port, requests, clients, seconds, at_least=0):

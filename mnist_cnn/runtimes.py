@@ -59,6 +59,10 @@ class Classifier:
         self.image_shape = tuple(image_shape(path, input_shape, stage))
         if not isinstance(num_classes, int) or num_classes < 1:
             raise UserError(f"{path} has an output of unknown size: run `dvc repro --force {stage}`")
+        # A model exported for a fixed number of images at a time (often 1) takes exactly that many; LiteRT's
+        # run_batch resizes its input to any batch itself
+        batch = input_shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 and format != "litert" else None
         self._run_batch = run_batch
 
     def predict(self, x, batch_size=512):
@@ -66,8 +70,15 @@ class Classifier:
         x = np.asarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.zeros((0, self.num_classes), np.float32)
-        return np.concatenate([np.asarray(self._run_batch(x[i:i + batch_size]), dtype=np.float32)
-                               for i in range(0, len(x), batch_size)])
+        step = self.fixed_batch or batch_size
+        return np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
+
+    def _run(self, x):
+        """One batch through the runtime, a fixed batch's last one filled up with blank images (then dropped)."""
+        count = len(x)
+        if self.fixed_batch and count < self.fixed_batch:
+            x = np.concatenate([x, np.zeros((self.fixed_batch - count, *x.shape[1:]), x.dtype)])
+        return np.asarray(self._run_batch(x), dtype=np.float32)[:count]
 
 
 def class_names_for(model):

@@ -2,6 +2,8 @@
 
     python -m mnist_cnn.serve [--host 127.0.0.1] [--port 8000] [--model MODEL] [--trust-model] [--workers N]
                               [--max-upload-mb 4] [--max-files 64] [--access-log] [--shutdown-timeout 25]
+                              [--max-connections 256] [--keep-alive 5] [--header-timeout 10] [--body-timeout 30]
+                              [--max-header-kb 16]
 
     POST /predict        one image file, multipart field "file"      -> Prediction {"label", "probability", "top"}
     POST /predict/batch  up to --max-files images, field "files"     -> {"predictions": [one per file, in order]}
@@ -9,25 +11,34 @@
     GET  /docs, /redoc   the OpenAPI pages for all of the above, their scripts served from the fastapi-offline
                          package (no CDN: they work offline)
 
-The model is loaded in the app's lifespan, before the server accepts a connection: once per process with
---workers N, uvicorn's worker processes (a second core for the decoding and normalising of images, measured
-in bench/serve_load.py). main loads it once first too, so that a bad model is one line before any server
-starts. models/model.onnx where the export stage wrote it (onnxruntime, the faster path: docs/export.md),
-else models/model.keras. Every image goes through the prediction command's normalisation
-(images.decode_image, then to_model_image). A bad request gets a 4xx status and {"detail": "one line"};
-uploads are held in memory, never written to disk. SIGTERM or Ctrl-C: uvicorn stops accepting connections,
-lets the requests in flight finish (up to --shutdown-timeout seconds), and the server exits 0.
+main loads the model and tries it on two blank images, so that a missing, broken or NaN-answering model is
+one line before any server process starts; with --workers N, uvicorn's worker processes (a second core for
+the decoding and normalising of images, measured in bench/serve_load.py) each load it again before they
+accept a connection, and a worker that dies as it starts stops the server (Supervisor) instead of being
+started again in a loop. models/model.onnx where the export stage wrote it (onnxruntime, the faster path:
+docs/export.md), else models/model.keras. Every image goes through the prediction command's normalisation
+(images.decode_image, then to_model_image), in a thread of a small pool, off the event loop: a slow image
+delays no other request, /health least of all. A bad request gets a 4xx status and {"detail": "one line"};
+uploads are held in memory, never written to disk. Hostile clients (idle connections, headers or bodies
+dribbled, huge headers) meet the limits of mnist_cnn/guarded_http.py. SIGTERM or Ctrl-C: uvicorn stops
+accepting connections, lets the requests in flight finish (up to --shutdown-timeout seconds), and the
+server exits 0.
 """
 import argparse
 import copy
 import io
 import json
 import os
+import resource
+import signal
 import socket
+import sys
 import threading
+import warnings
 from contextlib import asynccontextmanager
 from typing import Literal
 
+import anyio
 import numpy as np
 import uvicorn
 from fastapi import File, HTTPException, UploadFile
@@ -35,11 +46,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from mnist_cnn.errors import UserError
-from mnist_cnn.images import BadImage, decode_image, to_model_image
+from mnist_cnn.guarded_http import Limits, guarded_protocol
+from mnist_cnn.images import FORMATS, BadImage, decode_image, to_model_image
 from mnist_cnn.runner import run
 from mnist_cnn.runtimes import class_names_for, default_model, open_model, top_classes
 
@@ -48,6 +63,15 @@ TOP = 3  # classes returned per image
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # what browsers, curl and requests send for an image
 # Under the 30 s Kubernetes waits after SIGTERM before it kills: the server ends on its own, requests answered
 SHUTDOWN_TIMEOUT = 25
+# Requests whose images are decoded, normalised and classified at a time per server process, in threads off the
+# event loop, in two pools: a request with an image over LARGE_IMAGE pixels (as its header claims) waits for the
+# large images' thread, so that small images (the drawing page's, a scan of a digit) never queue behind large
+# ones; and a 16-megapixel image takes about 0.4 s and 200 MB while it is normalised, so one at a time per process
+LARGE_IMAGE = 1_000_000
+SMALL_IMAGE_THREADS, LARGE_IMAGE_THREADS = 2, 1
+# Files a server process has open besides its connections (the model, libraries, pipes), and room for a burst of
+# new connections accepted before the oldest are closed
+FILES_RESERVE = 128
 
 
 class ClassProbability(BaseModel):
@@ -87,11 +111,13 @@ PREDICT_ERRORS = {  # what /predict and /predict/batch answer a bad request; Ope
     413: "a body over --max-upload-mb, refused by its headers before it is read",
     415: "not multipart/form-data, or a file part whose type is not an image",
     422: "not an image, an empty file, or a decompression bomb",
+    500: "the model's output for an image is NaN or infinite (a broken model)",
 }
 
 
 class ServedModel:
-    """The model a server process answers with, checked for serving: square images, its class names."""
+    """The model a server process answers with, checked for serving: square images, its class names, finite
+    probabilities for two blank images (which also tries a model made for one image at a time on two)."""
 
     def __init__(self, model_path, trust_model=False):
         # one thread per request, requests running side by side; trust_model: predict's --trust-model
@@ -103,20 +129,36 @@ class ServedModel:
         self.class_names = class_names_for(self.model)
         # One prediction at a time for LiteRT's interpreter, which is not thread-safe; onnxruntime, TensorFlow are
         self.lock = threading.Lock() if self.model.format == "litert" else None
+        blank = np.zeros((2, height, width, channels), np.float32)
+        if not np.isfinite(self.probabilities(blank)).all():
+            raise UserError(f"{self.model.path} answers NaN or infinite probabilities for a blank image: the model is "
+                            f"broken; train it again (`dvc repro --force train`) or serve another --model")
 
     def pixels(self, data):
         """An image file's bytes as the model's input image (raises BadImage)."""
         return to_model_image(decode_image(io.BytesIO(data), self.rgb), self.size, self.rgb)
 
-    def classify(self, images):
-        """Model images -> one Prediction each, in one pass through the model."""
-        x = np.stack(images).reshape(-1, self.size, self.size, 3 if self.rgb else 1)
+    def probabilities(self, x):
         if self.lock is None:
-            probabilities = self.model.predict(x)
-        else:
-            with self.lock:
-                probabilities = self.model.predict(x)
-        return [self.answer(p) for p in probabilities]
+            return self.model.predict(x)
+        with self.lock:
+            return self.model.predict(x)
+
+    def predictions(self, files):
+        """[(file name, bytes)] -> one Prediction each, in one pass through the model. Runs in a thread: decoding
+        and normalising take a core's time, up to a second for a 16-megapixel image."""
+        images = []
+        for name, data in files:
+            try:
+                images.append(self.pixels(data))
+            except BadImage as e:
+                raise HTTPException(422, f"{name}: {e}")
+        probabilities = self.probabilities(np.stack(images).reshape(-1, self.size, self.size, 3 if self.rgb else 1))
+        for (name, _), row in zip(files, probabilities):
+            if not np.isfinite(row).all():  # never NaN in the answer: it is not JSON
+                raise HTTPException(500, f"{name}: the model's output for this image is NaN or infinite: the model "
+                                         f"is broken; train it again")
+        return [self.answer(row) for row in probabilities]
 
     def answer(self, probabilities):
         top = top_classes(probabilities, self.class_names, TOP)
@@ -132,6 +174,8 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model
     @asynccontextmanager
     async def lifespan(app):
         app.state.served = loaded or ServedModel(model_path, trust_model)  # before uvicorn accepts a connection
+        app.state.threads = {"small": anyio.CapacityLimiter(SMALL_IMAGE_THREADS),
+                             "large": anyio.CapacityLimiter(LARGE_IMAGE_THREADS)}
         yield
 
     # Starlette spools an upload to a temporary file beyond 1 MB; up to the body limit it stays in memory
@@ -158,36 +202,38 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model
         return JSONResponse({"detail": " ".join(detail.split())}, status_code=error.status_code,
                             headers=getattr(error, "headers", None))
 
-    async def pixels_of(upload):
+    async def read(upload):
+        """An upload's file name and bytes, once its part's content type says it is an image."""
         if not (upload.content_type or "application/octet-stream").startswith(ACCEPTED_TYPES):
             raise HTTPException(415, f"{upload.filename}: content type {upload.content_type!r} is not an image")
         data = await upload.read()
         if not data:
             raise HTTPException(422, f"{upload.filename}: empty file")
-        try:
-            return app.state.served.pixels(data)
-        except BadImage as e:
-            raise HTTPException(422, f"{upload.filename}: {e}")
+        return upload.filename, data
+
+    async def predictions(uploads):
+        """The uploads classified in a thread of a pool: the event loop goes on answering other requests."""
+        files = [await read(upload) for upload in uploads]
+        size = "large" if any(claimed_pixels(data) > LARGE_IMAGE for _, data in files) else "small"
+        return await anyio.to_thread.run_sync(app.state.served.predictions, files, limiter=app.state.threads[size])
 
     @app.get("/health")
-    def health() -> Health:
+    async def health() -> Health:
         """200 when the model is loaded (it is, before the server answers at all)."""
-        return app.state.served.health()
+        return app.state.served.health()  # on the event loop, no thread: it answers while every thread is busy
 
     @app.post("/predict", responses=errors)
     async def predict(file: UploadFile = File(..., description="an image: PNG, JPEG, BMP, GIF, TIFF, WebP...")
                       ) -> Prediction:
         """Classify one image: its most likely class, that class's probability, and the top 3."""
-        images = [await pixels_of(file)]
-        return app.state.served.classify(images)[0]
+        return (await predictions([file]))[0]
 
     @app.post("/predict/batch", responses=errors)
     async def predict_batch(files: list[UploadFile] = File(..., description=f"up to {max_files} images")
                             ) -> BatchPrediction:
         """Classify several images in one request, in one pass through the model; answers in the files' order.
         More than --max-files files is a 400 before any is decoded."""
-        images = [await pixels_of(file) for file in files]
-        return BatchPrediction(predictions=app.state.served.classify(images))
+        return BatchPrediction(predictions=await predictions(files))
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -195,6 +241,18 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return HeaderChecks(app, max_upload_bytes)
+
+
+def claimed_pixels(data):
+    """The pixels an image file's header claims, read without decoding them (0 for a file that is not an image in
+    the formats decode_image reads: it fails there, at once)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's decompression-bomb warning: decode_image refuses those
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                return image.width * image.height
+    except Exception:  # noqa: BLE001  whatever a plugin raises for a broken header
+        return 0
 
 
 class HeaderChecks:
@@ -230,8 +288,56 @@ WORKER_CONFIG = "MNIST_CNN_SERVE"  # how main hands its options to uvicorn's wor
 
 
 def worker_app():
-    """create_app in one of uvicorn's worker processes (--workers N), with main's options."""
-    return create_app(**json.loads(os.environ[WORKER_CONFIG]))
+    """create_app in one of uvicorn's worker processes (--workers N), with main's options and its own copy of the
+    model. A model that fails to load here (main's check passed: the file changed since) is one line and uvicorn's
+    exit status for a failed start, not a traceback."""
+    options = json.loads(os.environ[WORKER_CONFIG])
+    try:
+        served = ServedModel(options["model_path"], options["trust_model"])
+    except UserError as e:
+        os.write(2, f"error: {e}\n".encode())  # in one piece: the other workers may be writing theirs
+        sys.exit(STARTUP_FAILURE)
+    return create_app(**options, loaded=served)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of the --workers processes. It starts a worker again whenever one dies, so a worker
+    that dies as it starts (its model fails to load, it crashes, it is killed for memory) was started again and
+    again, a traceback each time, for ever (uvicorn stops only for its own exit status of a failed start). Here a
+    worker that dies before it ever answered a ping as started stops the server instead, whatever its end;
+    `failure` says how it ended. One that dies, or stops answering, after it served is started again."""
+
+    failure = None
+
+    def keep_subprocess_alive(self):
+        if self.should_exit.is_set():
+            return
+        for index, process in enumerate(self.processes):
+            served = getattr(process, "served", False)
+            if process.process.is_alive():
+                if not served:  # still starting (loading its model), or started since the last look
+                    while process.parent_conn.poll():  # answers to pings sent before it listened: stale
+                        process.parent_conn.recv()
+                    process.served = process.is_ready(timeout=1)
+                    continue
+                if process.ping(self.config.timeout_worker_healthcheck):
+                    continue
+            process.kill()  # dead, or hung
+            process.join()
+            if not served:
+                self.failure = f"server process {process.pid} {ended(process.exitcode)} as it started"
+                self.should_exit.set()
+                return
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            self.processes[index] = replacement
+
+
+def ended(exit_status):
+    """How a process ended, in words: `exited with status 3`, `was killed by SIGKILL`."""
+    if exit_status is not None and exit_status < 0:
+        return f"was killed by {signal.Signals(-exit_status).name}"
+    return f"exited with status {exit_status}"
 
 
 def logging_config():
@@ -255,7 +361,8 @@ def check_can_listen(host, port):
                         f"another --port (or --host)")
 
 
-def main(argv):
+def parse_options(argv):
+    """The command line, every number checked: one line for a value out of range."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this "
                                                             "machine only; 0.0.0.0 for every network)")
@@ -277,6 +384,20 @@ def main(argv):
     parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT, metavar="SECONDS",
                         help="on SIGTERM or Ctrl-C, how long the requests in flight may take to finish before they "
                              "are cut off (default: %(default)s)")
+    limits = Limits()
+    parser.add_argument("--max-connections", type=int, default=limits.max_connections,
+                        help="open connections per server process; beyond, a new one closes the one that has waited "
+                             "longest on its client (default: %(default)s)")
+    parser.add_argument("--keep-alive", type=float, default=5.0, metavar="SECONDS",
+                        help="how long a connection may stay idle, before its first request or between two "
+                             "(default: %(default)s)")
+    parser.add_argument("--header-timeout", type=float, default=limits.header_timeout, metavar="SECONDS",
+                        help="how long a request's line and headers may take to arrive (default: %(default)s)")
+    parser.add_argument("--body-timeout", type=float, default=limits.body_timeout, metavar="SECONDS",
+                        help="how long a request's body may take to arrive, after its headers (default: "
+                             "%(default)s)")
+    parser.add_argument("--max-header-kb", type=float, default=limits.max_header_bytes / 1000, metavar="KB",
+                        help="largest request line and headers, in KB (default: %(default)s)")
     args = parser.parse_args(argv)
     if not 0 < args.max_upload_mb <= 1024:
         raise UserError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0 and up to 1024 MB")
@@ -288,24 +409,77 @@ def main(argv):
         raise UserError(f"--port {args.port}: give a port from 1 to 65535")
     if not args.shutdown_timeout > 0:
         raise UserError(f"--shutdown-timeout {args.shutdown_timeout}: give a number of seconds above 0")
+    if not 1 <= args.max_connections <= 100_000:
+        raise UserError(f"--max-connections {args.max_connections}: give 1 to 100000")
+    for option in ("keep_alive", "header_timeout", "body_timeout"):
+        if not 0 < getattr(args, option) <= 3600:
+            raise UserError(f"--{option.replace('_', '-')} {getattr(args, option)}: give a number of seconds above 0 "
+                            f"and up to 3600")
+    if not 1 <= args.max_header_kb <= 1024:
+        raise UserError(f"--max-header-kb {args.max_header_kb}: give 1 to 1024 KB")
+    return args
+
+
+BACKLOG = 2048  # connections the kernel holds before the server accepts them (uvicorn's default)
+
+
+def check_open_files(max_connections):
+    """Raise this process's limit on open files, which its workers inherit, to what --max-connections and a burst
+    of new connections need, as far as the hard limit allows; one line when it can't reach --max-connections:
+    past its limit a process accepts no connection, and new clients get an empty reply."""
+    needed = max_connections + FILES_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed + BACKLOG:
+        soft = needed + BACKLOG if hard == resource.RLIM_INFINITY else max(soft, min(needed + BACKLOG, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise UserError(f"--max-connections {max_connections}: a server process may open {soft} files here (ulimit "
+                        f"-n) and needs {FILES_RESERVE} besides its connections: give --max-connections "
+                        f"{max(1, soft - FILES_RESERVE)} or less, or raise the limit")
+
+
+def main(argv):
+    args = parse_options(argv)
     check_can_listen(args.host, args.port)  # before the model loads: uvicorn would say so after, as a log line
+    check_open_files(args.max_connections)
     config = {"model_path": args.model or default_model(), "max_upload_bytes": int(args.max_upload_mb * 1e6),
               "max_files": args.max_files, "trust_model": args.trust_model}
-    # A bad model is one line here, before any server process starts; each worker process's lifespan loads it
-    # again. (Uvicorn prints a traceback for a lifespan that fails: fine for our bugs, not for a user's wrong path.)
+    # A bad model is one line here, before any server process starts. (Uvicorn prints a traceback for a lifespan
+    # that fails: fine for our bugs, not for a user's wrong path.)
     loaded = ServedModel(config["model_path"], args.trust_model)
     print(f"serve: {config['model_path']} loaded; open http://{args.host}:{args.port}/ (the API: /docs)", flush=True)
-    # Uvicorn stops on SIGTERM and SIGINT itself: it closes the listening socket, lets the requests in flight
-    # finish, runs the lifespan's end, then raises the signal again, which run()'s handler makes a
-    # KeyboardInterrupt that uvicorn.run swallows; with workers, its supervisor does the same for each worker
+    limits = Limits(args.max_connections, args.header_timeout, args.body_timeout, int(args.max_header_kb * 1000))
     server = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_config": logging_config(),
-              "timeout_graceful_shutdown": args.shutdown_timeout}
+              "timeout_graceful_shutdown": args.shutdown_timeout, "timeout_keep_alive": args.keep_alive,
+              "backlog": BACKLOG, "http": guarded_protocol(limits)}
     if args.workers == 1:
-        uvicorn.run(create_app(**config, loaded=loaded), **server)  # this process serves: the model it loaded
+        serve_here(uvicorn.Config(create_app(**config, loaded=loaded), **server))  # the model main loaded
     else:
         os.environ[WORKER_CONFIG] = json.dumps(config)
-        uvicorn.run("mnist_cnn.serve:worker_app", factory=True, workers=args.workers, **server)
+        supervise(uvicorn.Config("mnist_cnn.serve:worker_app", factory=True, workers=args.workers, **server))
     print("serve: stopped", flush=True)
+
+
+def serve_here(config):
+    """Serve in this process until SIGTERM or Ctrl-C. Uvicorn stops on either itself: it closes the listening
+    socket, lets the requests in flight finish, runs the lifespan's end, then raises the signal again, which
+    run()'s handler makes a KeyboardInterrupt."""
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return
+    if not server.started:
+        raise UserError(f"the server did not start on {config.host}:{config.port}: uvicorn's reason is above")
+
+
+def supervise(config):
+    """Serve with config.workers processes until SIGTERM or Ctrl-C, which the supervisor passes on to each."""
+    supervisor = Supervisor(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if supervisor.failure:
+        raise UserError(f"{supervisor.failure}, so the server stopped rather than start it again and again: its "
+                        f"reason is the line above if there is one; --workers 1 shows it alone")
 
 
 if __name__ == "__main__":
