@@ -65,7 +65,7 @@ def _names(allowed):
     def check(value):
         if (not isinstance(value, list) or not value or any(v not in allowed for v in value)
                 or len(set(value)) != len(value)):
-            return "a non-empty list of distinct names from " + ", ".join(allowed)
+            return "a list of one or more distinct names from " + ", ".join(allowed)
         return None
     return check
 

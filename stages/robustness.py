@@ -66,9 +66,11 @@ def examples_figure(shown, accuracies, path):
         draw.multiline_text((left + cell_width // 2, 4), f"{name}\n{accuracies[name]:.3f}", fill="black", font=font,
                             anchor="ma", align="center")
         for row, image in enumerate(shown[name]):
+            top = HEADER + row * (cell_height + GAP)
             picture = Image.fromarray(image.squeeze(axis=-1) if image.shape[-1] == 1 else image).convert("RGB")
-            canvas.paste(picture.resize((cell_width, cell_height), Image.Resampling.NEAREST),
-                         (left, HEADER + row * (cell_height + GAP)))
+            canvas.paste(picture.resize((cell_width, cell_height), Image.Resampling.NEAREST), (left, top))
+            # a grey frame, so that an image's white edge (stripe's) does not melt into the page
+            draw.rectangle((left - 1, top - 1, left + cell_width, top + cell_height), outline="grey")
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
 
