@@ -17,8 +17,8 @@ FLOOR = np.finfo(np.float32).tiny
 
 def confidence_bins(probabilities, bins=BINS):
     """The bin of each image's confidence: bin m (0-based) holds confidences in (m / bins, (m + 1) / bins]."""
-    confidence = probabilities.max(axis=1)
-    return np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    edges = np.linspace(0, 1, bins + 1)  # a confidence equal to an edge goes below it, as (lower, upper] says
+    return np.clip(np.searchsorted(edges, probabilities.max(axis=1), side="left") - 1, 0, bins - 1)
 
 
 def reliability(probabilities, labels, bins=BINS):

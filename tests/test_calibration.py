@@ -31,6 +31,12 @@ def test_reliability_rows_are_the_bins_that_hold_images():
     np.testing.assert_allclose(np.array(rows, float), np.array(expected, float), atol=1e-12)
 
 
+def test_a_confidence_on_a_bin_edge_goes_into_the_bin_below():
+    """Bins are (lower, upper]: 0.2 = 3/15 is the top of the third bin, 0.6 = 9/15 of the ninth; 1.0 of the last."""
+    probabilities = np.array([[0.2] * 5, [0.6, 0.4, 0, 0, 0], [1.0, 0, 0, 0, 0]])
+    assert [upper for upper, *_ in reliability(probabilities, np.array([0, 0, 0]))] == [3 / 15, 9 / 15, 1.0]
+
+
 def test_a_calibrated_model_scores_near_zero_and_an_overconfident_one_does_not():
     """Right with probability equal to the confidence: ECE near 0. Always 99% sure and right half the time: 0.49."""
     rng = np.random.default_rng(0)

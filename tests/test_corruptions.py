@@ -203,6 +203,34 @@ def test_light_noise_and_edges_against_hand_computed_values(digits):
     assert all(edges[row].any() for row in range(10, 18)) and all(edges[:, column].any() for column in range(10, 18))
 
 
+# skimage.feature.canny (scikit-image 0.26, the defaults MNIST-C used) of the three images below, as packed bits
+SKIMAGE_EDGES = (
+    "00000000000000000000000000000003800001cf00007018000400c000800600080020010002001000100100010010001001000300100020"
+    "008002000c004000600c00030380000fe000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000001f81e00107e100300008010001800800100080010004003000600200020020001002000100400008040"
+    "000c04000040c000020800002080000118000019000000f0000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000001ffc000100400010"
+    "040001004000100400010040001004000100400010040001ffc0000000000000000000000000000000",
+)
+
+
+def test_canny_edges_are_scikit_images():
+    """A disc with a soft rim, off the pixel grid; a slanted triangle; a faint block (edges between the two
+    thresholds, and nothing strong joins them: hysteresis drops them) above a bright one: every edge pixel where
+    skimage puts one (its smoothing, Sobel gradients, thinning along the gradient, hysteresis)."""
+    rows, columns = np.mgrid[:28, :28]
+    disc = np.clip(8.5 - np.hypot(rows - 12.3, columns - 14.8), 0, 1)
+    triangle = ((rows >= 5) & (rows <= 22) & (columns >= 6 + (rows - 5) * 0.6)
+                & (columns <= 24 - (rows - 5) * 0.3)).astype(float)
+    blocks = np.zeros((28, 28))
+    blocks[3:10, 3:25], blocks[14:24, 3:14], blocks[14:24, 14:25] = 0.05, 1.0, 0.06
+    shapes = np.stack([disc, triangle, blocks]).astype(np.float32)[..., None]
+    edges = corruptions.canny_edges(shapes, None)[..., 0] > 0
+    for found, packed in zip(edges, SKIMAGE_EDGES):
+        assert np.array_equal(found, np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:784]
+                              .reshape(28, 28).astype(bool))
+
+
 def test_blocks_and_scores_do_not_depend_on_the_sharding(processed_dir, sharded_dir, monkeypatch):
     """The tiny test split as one shard and as shards of 66 and 34 images: the same blocks of 40 images, and
     the same accuracies; a block is cut as soon as its shards are read, not after the whole split."""
@@ -212,6 +240,9 @@ def test_blocks_and_scores_do_not_depend_on_the_sharding(processed_dir, sharded_
     for a, b in zip(blocks(whole), blocks(sharded), strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert [len(y) for _, y in blocks(sharded)] == [40, 40, 20]
+    x, y = read_all(whole)  # each image with its own label, in the split's order
+    assert np.array_equal(np.concatenate([b[0] for b in blocks(sharded)]), x)
+    assert np.array_equal(np.concatenate([b[1] for b in blocks(sharded)]), y)
     reads = []
     monkeypatch.setattr(corruptions, "read_shard", lambda split, path: reads.append(path) or read_all(whole))
     next(blocks(sharded))
