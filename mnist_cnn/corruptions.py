@@ -6,7 +6,7 @@ batch at once. Each function takes float32 images in [0, 1], (N, H, W, C) with C
 numpy Generator, and returns images of the same shape in [0, 1]. MNIST-C's parameters are in pixels of a
 28x28 image; on another size they are scaled along each axis, so a corruption does the same to the picture.
 
-`corrupt` is the one entry point: uint8 images in, uint8 images out (rounded, as MNIST-C is stored), the
+`corrupt` is the one entry point: uint8 images in, uint8 images out (rounded, as the splits are stored), the
 generator seeded by (seed, corruption, block), so a corruption's draw does not depend on the others chosen.
 `accuracy_under_corruptions` streams any split (test or validation) block by block through a predict
 function: memory is bounded by a block, whatever the size of the split.
@@ -360,18 +360,17 @@ def blocks(split):
     """A split's (images, labels) in blocks of BLOCK_BYTES of images, read shard by shard: the same blocks
     however the split is sharded, and never more than a shard and a block in memory."""
     size = max(1, BLOCK_BYTES // int(np.prod(split.image_shape)))
-    pending_x, pending_y = [], []
+    carried = None  # the images (and labels) of a shard's end that did not fill a block
     for path in split.files:
         x, y = read_shard(split, path)
-        pending_x.append(x)
-        pending_y.append(y)
-        held = sum(len(part) for part in pending_x)
-        while held >= size:
-            x, y = np.concatenate(pending_x), np.concatenate(pending_y)
-            yield x[:size], y[:size]
-            pending_x, pending_y, held = [x[size:]], [y[size:]], held - size
-    if sum(len(part) for part in pending_x):
-        yield np.concatenate(pending_x), np.concatenate(pending_y)
+        if carried is not None:
+            x, y = np.concatenate([carried[0], x]), np.concatenate([carried[1], y])
+        full = len(x) // size * size
+        for start in range(0, full, size):
+            yield x[start:start + size], y[start:start + size]
+        carried = x[full:].copy(), y[full:].copy()  # copies: the shard itself can go
+    if carried is not None and len(carried[1]):
+        yield carried
 
 
 def accuracy_under_corruptions(predict, folder, names, seed, examples=0):
