@@ -20,6 +20,9 @@ PARAMS_FILE = "params.yaml"
 PUBLISHED_DATASETS = ("mnist", "fashion_mnist")
 CUSTOM_NPZ = "npz"  # the user's own Keras-layout .npz named by data.path
 FOLDER = "folder"  # the user's own images: data.path/<class name>/<images>
+# robustness.corruptions: MNIST-C's 15, in its order (corruptions.CORRUPTIONS, which a test keeps equal to this)
+CORRUPTION_NAMES = ("shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate",
+                    "brightness", "translate", "stripe", "fog", "spatter", "dotted_line", "zigzag", "canny_edges")
 
 
 def _number(low=None, high=None, integer=False, low_open=False, high_open=False, nullable=False):
@@ -53,6 +56,16 @@ def _int_list(length=None, low=1, high=4096):
             return f"a non-empty list of integers from {low} to {high}"
         if length is not None and len(value) != length:
             return f"a list of {length} integers"
+        return None
+    return check
+
+
+def _names(allowed):
+    """A non-empty list of distinct names, each one of allowed."""
+    def check(value):
+        if (not isinstance(value, list) or not value or any(v not in allowed for v in value)
+                or len(set(value)) != len(value)):
+            return "a list of one or more distinct names from " + ", ".join(allowed)
         return None
     return check
 
@@ -103,6 +116,10 @@ PARAMS_SCHEMA = {
     "train.distribute": _choice("auto", "none", "mirrored", "multi_worker"),
     "train.worker_timeout": _number(1, 86_400),
     "evaluate.batch_size": _number(1, 65_536, integer=True),
+    "robustness.corruptions": _names(CORRUPTION_NAMES),
+    "robustness.seed": _number(0, 2**32 - 1, integer=True),
+    "robustness.batch_size": _number(1, 65_536, integer=True),
+    "robustness.examples": _number(1, 10, integer=True),
     "export.min_agreement": _number(0, 1),
     "export.batch_size": _number(1, 65_536, integer=True),
     "plot.samples": _number(1, 100, integer=True),

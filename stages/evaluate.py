@@ -1,10 +1,11 @@
 """Stage evaluate: score the trained model on the test set, streamed shard by shard.
 
-Writes the metrics (test accuracy and loss: the numbers `dvc exp show` compares runs by), the
-predictions (actual and predicted class of every test image, for DVC's confusion-matrix template)
-and the per-class table (precision, recall and F1 of each class): a DVC plot, not a metric, so that
-`dvc exp show` stays one screen wide. dvc.yaml always names the table; benchmarks that need only the
-metrics leave it out.
+Writes the metrics (test accuracy and loss, and how well calibrated the probabilities are: ECE, Brier
+score, NLL; the numbers `dvc exp show` compares runs by), the predictions (actual and predicted class of
+every test image, for DVC's confusion-matrix template), the per-class table (precision, recall and F1 of
+each class) and the reliability table (accuracy and mean confidence per confidence bin): DVC plots, not
+metrics, so that `dvc exp show` stays one screen wide. dvc.yaml always names the tables; benchmarks that
+need only the metrics leave them out.
 """
 import argparse
 import csv
@@ -16,6 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
+from mnist_cnn.calibration import calibration, reliability  # noqa: E402
 from mnist_cnn.errors import UserError  # noqa: E402
 from mnist_cnn.files import atomic_path, write_json  # noqa: E402
 from mnist_cnn.model_files import check_fits, load_model  # noqa: E402
@@ -48,6 +50,8 @@ def main(argv):
     parser.add_argument("metrics", help="where to write the metrics (.json)")
     parser.add_argument("predictions", help="where to write actual/predicted labels (.csv)")
     parser.add_argument("classes", nargs="?", help="where to write per-class precision, recall and F1 (.csv)")
+    parser.add_argument("reliability", nargs="?", help="where to write accuracy and confidence per confidence bin "
+                                                       "(.csv)")
     args = parser.parse_args(argv)
     params = load_params()
 
@@ -66,13 +70,16 @@ def main(argv):
     metrics = {
         "accuracy": float(np.mean(y_pred == y_test)),
         "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
+        **calibration(probabilities, y_test),
     }
     write_json(args.metrics, metrics)
     write_csv(args.predictions, ["actual", "predicted"],
               ((class_names[t], class_names[p]) for t, p in zip(y_test, y_pred)))
     if args.classes:
         write_csv(args.classes, ["class", "precision", "recall", "f1"], class_report(y_test, y_pred, class_names))
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+    if args.reliability:
+        write_csv(args.reliability, ["bin", "confidence", "accuracy", "images"], reliability(probabilities, y_test))
+    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, ECE {metrics['ece']:.4f} "
           f"on {len(y_test)} images")
 
 

@@ -207,7 +207,7 @@ def sh(cwd, *command, env=None, check=True):
     return result
 
 
-STAGES = ("download", "preprocess", "train", "evaluate", "export", "plot")
+STAGES = ("download", "preprocess", "train", "evaluate", "robustness", "export", "plot")
 
 
 def stages_run(output):

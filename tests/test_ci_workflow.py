@@ -61,7 +61,8 @@ def test_workflow_tests_reproduces_and_reports_the_diffs():
     steps = workflow["jobs"]["run"]["steps"]
     runs = "\n".join(step.get("run", "") for step in steps)
     for command in ("pip install -r requirements-dev.txt", "pytest", "dvc repro",
-                    'dvc metrics diff "$BASE" --md', 'dvc params diff "$BASE" --md', "gh pr comment"):
+                    'dvc metrics diff "$BASE" --md', 'dvc params diff "$BASE" --md', "gh pr comment",
+                    'dvc metrics diff "$BASE" --all --md --targets metrics/robustness.json metrics/evaluate.json'):
         assert command in runs, command
     assert 'dvc plots diff "$BASE" -o plots-diff' in runs
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact@"))
@@ -116,6 +117,10 @@ def test_the_report_goes_to_the_job_summary_and_the_comment(tmp_path):
     assert report.startswith("## Pipeline results against `main`\n") and result.stdout == report
     lines = report.splitlines()
     assert "| dvc metrics diff origin/main --md |" in lines and "| dvc params diff origin/main --md |" in lines
+    # robustness and calibration, whether they changed or not: the mean accuracy under corruption and the ECE
+    targets = "--targets metrics/robustness.json metrics/evaluate.json"
+    assert f"| dvc metrics diff origin/main --all --md {targets} |" in lines
+    assert lines.index("### Robustness and calibration") > lines.index("### Metrics")
     assert f"[`dvc plots diff` against `main`]({EXPRESSIONS['steps.plots.outputs.artifact-url']})" in report
     assert (tmp_path / "summary.md").read_text() == "earlier step\n" + report  # appended: other steps write there too
     result = run_step(comment_step(steps), tmp_path, stand_ins)

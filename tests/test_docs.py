@@ -84,8 +84,8 @@ def test_docs_build_in_strict_mode(docs_copy):
     result = build(docs_copy)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (docs_copy / "site" / "index.html").exists()
-    for page in ("pipeline", "data", "predict", "troubleshooting", "reproducing", "speed", "presets", "scaling",
-                 "experiments-log", "development"):
+    for page in ("pipeline", "data", "predict", "troubleshooting", "reproducing", "robustness", "speed", "presets",
+                 "scaling", "experiments-log", "development"):
         assert (docs_copy / "site" / page / "index.html").exists(), page
 
 
@@ -220,3 +220,26 @@ def test_results_are_the_committed_metrics():
     assert f"| train accuracy (epoch {trained['step'] + 1}) | {trained['train']['accuracy']:.4f} |" in readme
     with open(os.path.join(REPO, "docs", "pipeline.md")) as f:
         assert "(for the committed run {:.4f}, {:.4f} and {:.4f})".format(*macro) in " ".join(f.read().split())
+
+
+def test_robustness_and_calibration_figures_are_the_committed_metrics():
+    """README's Results rows and docs/robustness.md's table and sentences hold the committed run's figures."""
+    with open(os.path.join(REPO, "metrics", "robustness.json")) as f:
+        robust = json.load(f)
+    with open(os.path.join(REPO, "metrics", "evaluate.json")) as f:
+        tested = json.load(f)
+    with open(README) as f:
+        readme = f.read()
+    assert (f"| mean accuracy under MNIST-C's 15 corruptions | {robust['corrupted']:.4f} (the error "
+            f"{robust['error_ratio']:.1f} times the clean one) |") in readme
+    calibration = " / ".join(f"{tested[name]:.4f}" for name in ("ece", "brier", "nll"))
+    assert f"| calibration: ECE / Brier score / NLL | {calibration} |" in readme
+    with open(os.path.join(REPO, "docs", "robustness.md")) as f:
+        page = " ".join(f.read().split())
+    assert f"| none (clean) | {robust['clean_accuracy']:.4f} |" in page
+    for name, accuracy in robust["per_corruption"].items():
+        assert f"| {name.replace('_', ' ')} | {accuracy:.4f} |" in page, name
+    assert f"| **mean of the 15** (`corrupted`) | **{robust['corrupted']:.4f}** |" in page
+    errors = [100 * (1 - robust[name]) for name in ("clean_accuracy", "corrupted")]
+    assert f"The error grows from {errors[0]:.2f}% to {errors[1]:.2f}%, **{robust['error_ratio']:.1f} times**" in page
+    assert (f"**ECE {tested['ece']:.4f}**, Brier score {tested['brier']:.4f}, NLL {tested['nll']:.4f}") in page

@@ -1,4 +1,5 @@
-"""The evaluate stage: test-set metrics, predictions for the confusion template, the per-class table."""
+"""The evaluate stage: test-set metrics, predictions for the confusion template, the per-class and reliability
+tables."""
 import csv
 import json
 
@@ -11,11 +12,14 @@ from mnist_cnn.files import write_json
 from mnist_cnn.shards import open_split, read_all, read_labels, write_split
 
 
-def test_metrics_are_test_accuracy_and_loss_only(trained_run):
-    """The numbers `dvc exp show` compares runs by; the per-class detail is a plot (docs/pipeline.md)."""
+def test_metrics_are_test_accuracy_loss_and_calibration(trained_run):
+    """The numbers `dvc exp show` compares runs by; the per-class detail is a plot (docs/pipeline.md). The NLL is
+    the loss without Keras' clipping of the probabilities to [1e-7, 1 - 1e-7], which this model never reaches."""
     metrics = json.loads(trained_run["metrics"].read_text())
-    assert list(metrics) == ["accuracy", "loss"]
+    assert list(metrics) == ["accuracy", "loss", "ece", "brier", "nll"]
     assert 0.5 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    assert 0 < metrics["ece"] < 1 and 0 < metrics["brier"] < 2
+    assert metrics["nll"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
 def test_class_report_against_a_hand_made_confusion():
@@ -47,6 +51,23 @@ def test_class_table_agrees_with_the_predictions(trained_run, workdir):
         assert float(recall) == pytest.approx(hits / actual), name
         assert float(f1) == pytest.approx(2 * hits / (predicted + actual)), name
     assert json.loads((workdir / "m.json").read_text()) == json.loads(trained_run["metrics"].read_text())
+
+
+def test_reliability_table_agrees_with_the_predictions_and_the_ece(trained_run, workdir):
+    """metrics/reliability.csv: 15 bins of confidence, those that hold images; their counts and accuracies add up
+    to predictions.csv's, and the ECE is their weighted gap between accuracy and confidence."""
+    evaluate_in(workdir, trained_run["model"], trained_run["processed"] / "test", classes=True)
+    with open(workdir / "r.csv") as f:
+        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+    with open(workdir / "p.csv") as f:
+        pairs = [(row["actual"], row["predicted"]) for row in csv.DictReader(f)]
+    assert rows and all(row["bin"] * 15 == pytest.approx(round(row["bin"] * 15)) for row in rows)
+    assert [row["bin"] for row in rows] == sorted(row["bin"] for row in rows)
+    assert all(row["bin"] - 1 / 15 < row["confidence"] <= row["bin"] for row in rows)
+    assert sum(row["images"] for row in rows) == len(pairs)
+    assert sum(row["images"] * row["accuracy"] for row in rows) == pytest.approx(sum(a == p for a, p in pairs))
+    ece = sum(row["images"] * abs(row["accuracy"] - row["confidence"]) for row in rows) / len(pairs)
+    assert json.loads((workdir / "m.json").read_text())["ece"] == pytest.approx(ece)
 
 
 def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
@@ -91,7 +112,7 @@ def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir
 def evaluate_in(workdir, model, test, classes=False):
     from stages import evaluate
     evaluate.main([str(model), str(test), str(workdir / "m.json"), str(workdir / "p.csv")]
-                  + ([str(workdir / "c.csv")] if classes else []))
+                  + ([str(workdir / "c.csv"), str(workdir / "r.csv")] if classes else []))
 
 
 def test_a_model_with_broken_weights_writes_no_metrics(trained_run, workdir):

@@ -23,7 +23,7 @@ def test_branch_comparison_diffs_metrics_params_and_plots(clone):
     sh(clone, "dvc", "pull")
     sh(clone, *GIT, "checkout", "-q", "-b", "more-epochs")
     set_param(clone, "train.epochs", 2)
-    assert stages_run(sh(clone, "dvc", "repro").stdout) == ["train", "evaluate", "export", "plot"]
+    assert stages_run(sh(clone, "dvc", "repro").stdout) == ["train", "evaluate", "robustness", "export", "plot"]
     sh(clone, *GIT, "commit", "-qam", "two epochs")
 
     params = json.loads(sh(clone, "dvc", "params", "diff", "main", "--json").stdout)
@@ -33,12 +33,16 @@ def test_branch_comparison_diffs_metrics_params_and_plots(clone):
     assert {"old", "new", "diff"} <= set(evaluate["loss"])
     assert evaluate["loss"]["old"] != evaluate["loss"]["new"]
     assert metrics["metrics/train/metrics.json"]["step"] == {"old": 0, "new": 1, "diff": 1}
+    assert {"old", "new", "diff"} <= set(evaluate["ece"]) and {"old", "new", "diff"} <= set(evaluate["nll"])
+    robust = metrics["metrics/robustness.json"]
+    assert {"old", "new", "diff"} <= set(robust["corrupted"]) and "per_corruption.fog" in robust
     table = sh(clone, "dvc", "metrics", "diff", "main", "--md").stdout
-    assert "| metrics/evaluate.json" in table and "loss" in table
+    assert "| metrics/evaluate.json" in table and "loss" in table and "| metrics/robustness.json" in table
 
     sh(clone, "dvc", "plots", "diff", "main", "-o", "compare")
     page = (clone / "compare" / "index.html").read_text()
     assert "main" in page and "workspace" in page and "Confusion matrix" in page and "F1 per class" in page
+    assert "Accuracy per corruption" in page and "Reliability diagram" in page and "corruptions.png" in page
 
 
 def code_block(page, first):
@@ -78,8 +82,9 @@ def column(rows, name):
 
 def test_readme_compare_commands_fit_a_120_column_terminal(clone):
     """README's "Change params and compare runs" (docs/pipeline.md repeats it), run as written: its
-    `dvc exp show` at COLUMNS=120 shows every experiment with the params that differ, test accuracy and loss
-    and validation accuracy, each cell whole; the detail stays out of it and in `dvc plots`."""
+    `dvc exp show` at COLUMNS=120 shows every experiment with the params that differ, validation accuracy, test
+    accuracy, ECE and the mean accuracy under corruption, each cell whole; the detail stays out of it and in
+    `dvc metrics diff` and `dvc plots`."""
     block = compare_block()
     assert compare_block("docs/pipeline.md") == block
     show = next(line for line in block if line.startswith("dvc exp show"))
@@ -90,10 +95,14 @@ def test_readme_compare_commands_fit_a_120_column_terminal(clone):
 
     on_screen, markdown = exp_show_on_screen(clone, show)
     assert on_screen == markdown  # nothing folded, cut or wrapped
-    assert on_screen[0] == ["Experiment", "eval.accuracy", "accuracy", "loss", "model.dense_units", "train.epochs"]
+    assert on_screen[0] == ["Experiment", "eval.accuracy", "accuracy", "ece", "corrupted", "model.dense_units",
+                            "train.epochs"]
     assert column(on_screen, "train.epochs") == ["3", "1", "3"]  # the workspace, main, the experiment
     tested = json.loads((clone / "metrics" / "evaluate.json").read_text())
     assert column(on_screen, "accuracy")[0] == f"{tested['accuracy']:.5g}"
+    assert column(on_screen, "ece")[0] == f"{tested['ece']:.5g}"
+    robust = json.loads((clone / "metrics" / "robustness.json").read_text())
+    assert column(on_screen, "corrupted")[0] == f"{robust['corrupted']:.5g}"
 
     assert "per_class" not in sh(clone, "dvc", "metrics", "show").stdout
     page = (clone / "plots_html" / "index.html").read_text()
@@ -161,7 +170,7 @@ def test_presets_and_a_grid_sweep_from_the_queue_all_land_in_exp_show(clone):
     sweep = code_block("docs/reproducing.md", "dvc exp run --queue")
     on_screen, markdown = exp_show_on_screen(clone, next(line for line in sweep if line.startswith("dvc exp show")))
     assert len(on_screen) == len(markdown) == 1 + 2 + len(PRESETS) + 4  # header, workspace, main, experiments
-    for name in ("eval.accuracy", "accuracy", "loss"):
+    for name in ("eval.accuracy", "accuracy", "ece", "corrupted"):
         assert column(on_screen, name) == column(markdown, name), name
     ranked = [float(value) for value in column(on_screen, "eval.accuracy")[2:]]
     assert ranked == sorted(ranked, reverse=True)

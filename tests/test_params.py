@@ -70,6 +70,11 @@ def test_schema_names_every_dataset_of_the_registry():
     ("model__augment__rotation", float("-inf"), "model.augment.rotation = -inf is not allowed; it must be a finite"),
     ("data__path", None, "data.path = None is not allowed; it must be a path (a non-empty string)"),
     ("data__path", "", "data.path = '' is not allowed; it must be a path (a non-empty string)"),
+    ("robustness__corruptions", ["fog", "fog"], "robustness.corruptions = ['fog', 'fog'] is not allowed; it must be a "
+                                                "list of one or more distinct names from shot_noise, impulse_noise, "),
+    ("robustness__corruptions", ["snow"], "robustness.corruptions = ['snow'] is not allowed; it must be a list of"),
+    ("robustness__corruptions", [], "robustness.corruptions = [] is not allowed; it must be a list of one or more"),
+    ("robustness__examples", 11, "robustness.examples = 11 is not allowed; it must be <= 10"),
 ])
 def test_bad_param_is_one_line_naming_key_value_and_rule(workdir, key, value, expected):
     write_params(workdir, **{key: value})

@@ -65,7 +65,8 @@ def test_metrics_and_plots_commands_work(project):
     page = (root / "html" / "index.html").read_text()
     for plot in ("Accuracy per epoch", "Loss per epoch", "Confusion matrix (test set, counts)",
                  "Confusion matrix (test set, rates)", "eval/accuracy.tsv", "samples.png", "training_curves.png",
-                 "confusion_matrix.png", "misclassified.png"):
+                 "confusion_matrix.png", "misclassified.png", "Accuracy per corruption (test set)",
+                 "Reliability diagram (test set)", "corruptions.png"):
         assert plot in page, plot
 
 
@@ -109,10 +110,10 @@ def test_plot_param_reruns_only_plot(project):
     assert stages_run(sh(root, "dvc", "repro")) == ["plot"]
 
 
-def test_epochs_rerun_train_evaluate_export_plot_only(project):
+def test_epochs_rerun_train_evaluate_robustness_export_plot_only(project):
     root, _ = project
     write_params(root, **{**TINY_PARAMS, "train__epochs": 2}, plot__dpi=80)
-    assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "export", "plot"]
+    assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "robustness", "export", "plot"]
     assert json.loads((root / "metrics" / "train" / "metrics.json").read_text())["step"] == 1
 
 
@@ -136,11 +137,11 @@ def test_editing_the_image_normalisation_reruns_download_only(project):
     assert stages_run(output) == ["download"]  # its output's bytes are unchanged, so nothing after it runs
 
 
-def test_editing_the_network_reruns_train_evaluate_export_and_plot(project):
+def test_editing_the_network_reruns_train_evaluate_robustness_export_and_plot(project):
     root, _ = project
     with edited(root / "mnist_cnn" / "network.py", "layers.MaxPooling2D(", "layers.AveragePooling2D("):
         output = sh(root, "dvc", "repro")
-    assert stages_run(output) == ["train", "evaluate", "export", "plot"]  # not download, not preprocess
+    assert stages_run(output) == ["train", "evaluate", "robustness", "export", "plot"]  # not download, preprocess
 
 
 def test_a_hostile_param_value_runs_nothing(project):
