@@ -69,6 +69,10 @@ SHUTDOWN_TIMEOUT = 25
 # ones; and a 16-megapixel image takes about 0.4 s and 200 MB while it is normalised, so one at a time per process
 LARGE_IMAGE = 1_000_000
 SMALL_IMAGE_THREADS, LARGE_IMAGE_THREADS = 2, 1
+# Except one image this small in pixels and bytes (the drawing page's 280 x 280 canvas, a digit's scan): it is
+# decoded and classified on the event loop itself, a millisecond or two whatever its format, less than handing it
+# to a thread costs (a third more CPU per request, measured with bench/serve_load.py)
+INLINE_PIXELS, INLINE_BYTES = 100_000, 65_536
 # Files a server process has open besides its connections (the model, libraries, pipes), and room for a burst of
 # new connections accepted before the oldest are closed
 FILES_RESERVE = 128
@@ -212,9 +216,13 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model
         return upload.filename, data
 
     async def predictions(uploads):
-        """The uploads classified in a thread of a pool: the event loop goes on answering other requests."""
+        """The uploads classified in a thread of a pool, the event loop answering other requests meanwhile; or
+        here, for one small image."""
         files = [await read(upload) for upload in uploads]
-        size = "large" if any(claimed_pixels(data) > LARGE_IMAGE for _, data in files) else "small"
+        pixels = [claimed_pixels(data) for _, data in files]
+        if len(files) == 1 and pixels[0] <= INLINE_PIXELS and len(files[0][1]) <= INLINE_BYTES:
+            return app.state.served.predictions(files)
+        size = "large" if max(pixels) > LARGE_IMAGE else "small"
         return await anyio.to_thread.run_sync(app.state.served.predictions, files, limiter=app.state.threads[size])
 
     @app.get("/health")
