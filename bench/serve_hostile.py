@@ -9,7 +9,7 @@ Starts the server on a free port with its default limits, then runs one phase af
 server closes them:
 
     no attack; 1,500 idle connections; 1,000 clients dribbling headers (slowloris); 200 dribbling bodies;
-    8 sending headers without end; 4 sending batches of 8 images of 16 megapixels; all of them at once.
+    8 sending headers without end; 4 sending images of 16 megapixels, by 8 and alone; all of them at once.
 
 In each, a monitor opens a new connection for GET /health every 50 ms (the seconds each took, failures), and
 one client sends single test images to /predict one after another on a kept-alive connection. The server's
@@ -75,15 +75,16 @@ def main():
     parser.add_argument("--model", help="the server's --model (default: its own default)")
     args = parser.parse_args()
 
-    slow = large_digit_png()
+    large = large_digit_png()
     options = ["--workers", str(args.workers)] + (["--model", args.model] if args.model else [])
     with served_model(REPO, *options) as (server, url):
         health = json.load(urllib.request.urlopen(f"{url}/health"))
         port = int(url.rsplit(":", 1)[1])
         singles = [multipart_request(port, "/predict", "file", [png]) for png in mnist_pngs()]
-        batch = multipart_request(port, "/predict/batch", "files", [slow] * 8)
+        slow = (multipart_request(port, "/predict/batch", "files", [large] * 8),
+                multipart_request(port, "/predict", "file", [large]))
         attacks = {"idle connections": (1500, ()), "headers dribbled": (1000, ()), "bodies dribbled": (200, ()),
-                   "huge headers": (8, ()), "slow decodes": (4, (batch,))}
+                   "huge headers": (8, ()), "slow decodes": (4, slow)}
         phases = [("no attack", {})] + [(name, {name: attack}) for name, attack in attacks.items()]
         phases.append(("all at once", attacks))
         rss_start = rss_mb(server.pid)

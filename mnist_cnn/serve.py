@@ -7,6 +7,8 @@
 
     POST /predict        one image file, multipart field "file"      -> Prediction {"label", "probability", "top"}
     POST /predict/batch  up to --max-files images, field "files"     -> {"predictions": [one per file, in order]}
+                         both: ?top=K for the K most likely classes (default 3), ?image=true to add the image as
+                         the model saw it after the normalisation (the page draws it beside its canvas)
     GET  /health         200 once the model is loaded                -> {"status": "ok", "model", "format", "classes"}
     GET  /docs, /redoc   the OpenAPI pages for all of the above, their scripts served from the fastapi-offline
                          package (no CDN: they work offline)
@@ -41,7 +43,7 @@ from typing import Literal
 import anyio
 import numpy as np
 import uvicorn
-from fastapi import File, HTTPException, UploadFile
+from fastapi import File, HTTPException, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -59,7 +61,7 @@ from mnist_cnn.runner import run
 from mnist_cnn.runtimes import class_names_for, default_model, open_model, top_classes
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-TOP = 3  # classes returned per image
+TOP = 3  # classes returned per image, unless ?top= asks for more
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # what browsers, curl and requests send for an image
 # Under the 30 s Kubernetes waits after SIGTERM before it kills: the server ends on its own, requests answered
 SHUTDOWN_TIMEOUT = 25
@@ -69,6 +71,10 @@ SHUTDOWN_TIMEOUT = 25
 # ones; and a 16-megapixel image takes about 0.4 s and 200 MB while it is normalised, so one at a time per process
 LARGE_IMAGE = 1_000_000
 SMALL_IMAGE_THREADS, LARGE_IMAGE_THREADS = 2, 1
+# Except one image this small in pixels and bytes (the drawing page's 280 x 280 canvas, a digit's scan): it is
+# decoded and classified on the event loop itself, a millisecond or two whatever its format, less than handing it
+# to a thread costs (a third more CPU per request, measured with bench/serve_load.py)
+INLINE_PIXELS, INLINE_BYTES = 100_000, 65_536
 # Files a server process has open besides its connections (the model, libraries, pipes), and room for a burst of
 # new connections accepted before the oldest are closed
 FILES_RESERVE = 128
@@ -84,7 +90,10 @@ class Prediction(BaseModel):
     """The model's answer for one image."""
     label: str = Field(description="the most likely class", examples=["7"])
     probability: float = Field(description="that class's probability, 0 to 1", examples=[0.9986])
-    top: list[ClassProbability] = Field(description=f"the {TOP} most likely classes, most likely first")
+    top: list[ClassProbability] = Field(description=f"the {TOP} most likely classes (or ?top=), most likely first")
+    image: list[list[float]] | list[list[list[float]]] | None = Field(
+        None, description="with ?image=true only: the image as the model saw it, after the normalisation: rows of "
+                          "pixels in [0, 1] (4 decimals), 28 by 28 for MNIST; each pixel [r, g, b] for a colour model")
 
 
 class BatchPrediction(BaseModel):
@@ -144,9 +153,10 @@ class ServedModel:
         with self.lock:
             return self.model.predict(x)
 
-    def predictions(self, files):
-        """[(file name, bytes)] -> one Prediction each, in one pass through the model. Runs in a thread: decoding
-        and normalising take a core's time, up to a second for a 16-megapixel image."""
+    def predictions(self, files, top=TOP, image=False):
+        """[(file name, bytes)] -> one Prediction each, in one pass through the model, with the `top` most likely
+        classes and, if `image`, the model's input image. Runs in a thread for all but a small image: decoding and
+        normalising take a core's time, up to a second for a 16-megapixel image."""
         images = []
         for name, data in files:
             try:
@@ -158,11 +168,12 @@ class ServedModel:
             if not np.isfinite(row).all():  # never NaN in the answer: it is not JSON
                 raise HTTPException(500, f"{name}: the model's output for this image is NaN or infinite: the model "
                                          f"is broken; train it again")
-        return [self.answer(row) for row in probabilities]
+        return [self.answer(row, top, pixels if image else None) for row, pixels in zip(probabilities, images)]
 
-    def answer(self, probabilities):
-        top = top_classes(probabilities, self.class_names, TOP)
-        return Prediction(**top[0], top=top)
+    def answer(self, probabilities, top=TOP, pixels=None):
+        ranked = top_classes(probabilities, self.class_names, top)
+        seen = None if pixels is None else np.round(pixels.astype(np.float64), 4).tolist()  # float64: 0.7843, exactly
+        return Prediction(**ranked[0], top=ranked, image=seen)
 
     def health(self):
         return Health(status="ok", model=self.model.path, format=self.model.format, classes=self.class_names)
@@ -189,7 +200,7 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model
     @app.exception_handler(RequestValidationError)
     async def one_line(request, error):
         problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query"))
         if problem.get("type") == "missing":
             message = f"no {where!r} in the request: send multipart/form-data with the image file as {where!r}"
         else:
@@ -211,29 +222,39 @@ def create_app(model_path, max_upload_bytes=4_000_000, max_files=64, trust_model
             raise HTTPException(422, f"{upload.filename}: empty file")
         return upload.filename, data
 
-    async def predictions(uploads):
-        """The uploads classified in a thread of a pool: the event loop goes on answering other requests."""
+    async def predictions(uploads, top, image):
+        """The uploads classified in a thread of a pool, the event loop answering other requests meanwhile; or
+        here, for one small image."""
         files = [await read(upload) for upload in uploads]
-        size = "large" if any(claimed_pixels(data) > LARGE_IMAGE for _, data in files) else "small"
-        return await anyio.to_thread.run_sync(app.state.served.predictions, files, limiter=app.state.threads[size])
+        top = min(top, len(app.state.served.class_names))
+        pixels = [claimed_pixels(data) for _, data in files]
+        if len(files) == 1 and pixels[0] <= INLINE_PIXELS and len(files[0][1]) <= INLINE_BYTES:
+            return app.state.served.predictions(files, top, image)
+        size = "large" if max(pixels) > LARGE_IMAGE else "small"
+        return await anyio.to_thread.run_sync(app.state.served.predictions, files, top, image,
+                                              limiter=app.state.threads[size])
+
+    top_query = Query(TOP, ge=1, le=1000, description="how many of the most likely classes to list, most likely "
+                                                      "first (all of them when the model has fewer)")
+    image_query = Query(False, description="add `image`: the image as the model saw it after the normalisation")
 
     @app.get("/health")
     async def health() -> Health:
         """200 when the model is loaded (it is, before the server answers at all)."""
         return app.state.served.health()  # on the event loop, no thread: it answers while every thread is busy
 
-    @app.post("/predict", responses=errors)
-    async def predict(file: UploadFile = File(..., description="an image: PNG, JPEG, BMP, GIF, TIFF, WebP...")
-                      ) -> Prediction:
-        """Classify one image: its most likely class, that class's probability, and the top 3."""
-        return (await predictions([file]))[0]
+    @app.post("/predict", responses=errors, response_model_exclude_none=True)
+    async def predict(file: UploadFile = File(..., description="an image: PNG, JPEG, BMP, GIF, TIFF, WebP..."),
+                      top: int = top_query, image: bool = image_query) -> Prediction:
+        """Classify one image: its most likely class, that class's probability, and the top 3 (or ?top=)."""
+        return (await predictions([file], top, image))[0]
 
-    @app.post("/predict/batch", responses=errors)
-    async def predict_batch(files: list[UploadFile] = File(..., description=f"up to {max_files} images")
-                            ) -> BatchPrediction:
+    @app.post("/predict/batch", responses=errors, response_model_exclude_none=True)
+    async def predict_batch(files: list[UploadFile] = File(..., description=f"up to {max_files} images"),
+                            top: int = top_query, image: bool = image_query) -> BatchPrediction:
         """Classify several images in one request, in one pass through the model; answers in the files' order.
         More than --max-files files is a 400 before any is decoded."""
-        return BatchPrediction(predictions=await predictions(files))
+        return BatchPrediction(predictions=await predictions(files, top, image))
 
     @app.get("/", include_in_schema=False)
     def page():

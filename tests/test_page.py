@@ -1,11 +1,14 @@
 """The drawing page and the API's /docs in a real headless Chromium that reaches nothing but 127.0.0.1: strokes drawn
 with pointer events, the guess read off the page; the OpenAPI page rendered from the server's own files."""
+import io
 import time
 
+import numpy as np
 import pytest
 import requests
 
 from conftest import digit_images, png
+from mnist_cnn.images import decode_image, to_model_image
 from tools.browser import SEVEN, canvas_png, chromium_missing, draw, shown_label, start_chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci_prerequisite]  # a skip fails where .ci/run installs it
@@ -50,8 +53,8 @@ def test_drawing_a_digit_stroke_by_stroke_shows_the_guess(browser, served, kind,
     draw(browser, SEVEN[1:], kind)
     answer = settled_label(browser, served["url"])
     assert answer["label"] in [str(d) for d in range(10)] and canvas_png(browser) != b""
-    items = browser.find_elements("css selector", "#top li")
-    assert len(items) == 3 and items[0].text.startswith(f"{answer['label']}: ")
+    shown = shown_probabilities(browser)
+    assert len(shown) == 10 and max(shown, key=shown.get) == answer["label"]
     assert first["top"] != answer["top"]  # the second stroke changed what the model sees
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -61,7 +64,46 @@ def test_drawing_a_digit_stroke_by_stroke_shows_the_guess(browser, served, kind,
     while shown_label(browser) != "–" and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(1)  # and stays cleared: an answer for the old drawing arriving now is dropped
-    assert shown_label(browser) == "–" and browser.find_elements("css selector", "#top li") == []
+    assert shown_label(browser) == "–" and shown_probabilities(browser) == {}
+    assert seen_pixels(browser).max() == 0  # and what the model saw is cleared with it
+
+
+def shown_probabilities(driver):
+    """{class name: probability} as the page lists them, in its order."""
+    return {item.get_attribute("data-label"): float(item.get_attribute("data-probability"))
+            for item in driver.find_elements("css selector", "#probabilities li")}
+
+
+def seen_pixels(driver):
+    """The page's picture of what the model saw: its 28 x 28 canvas' gray levels (0-255)."""
+    rgba = driver.execute_script("const c = document.getElementById('seen');"
+                                 "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);")
+    return np.array(rgba, np.int32).reshape(28, 28, 4)[..., 0]
+
+
+def test_the_page_shows_what_the_model_saw_and_every_class(browser, served, tmp_path):
+    """Beside the canvas, its 28 x 28 image after the normalisation (the server's, which predict uses too), pixel
+    for pixel; below, every class with its probability, in the model's class order, as the API answers them."""
+    browser.get(served["url"] + "/")
+    draw(browser, SEVEN, "mouse")
+    drawn = canvas_png(browser)
+    expected = np.round(255 * to_model_image(decode_image(io.BytesIO(drawn)))).astype(np.int32)
+    assert expected.sum() > 0
+    deadline = time.time() + 20  # the page's answer to the last stroke
+    while np.abs(seen_pixels(browser) - expected).max() > 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert np.abs(seen_pixels(browser) - expected).max() <= 1  # 4 decimals in the JSON: at most 1 level apart
+    answer = requests.post(f"{served['url']}/predict?top=10", files={"file": ("c.png", drawn, "image/png")}).json()
+    shown = shown_probabilities(browser)
+    assert list(shown) == requests.get(f"{served['url']}/health").json()["classes"]
+    assert abs(sum(shown.values()) - 1) < 1e-5 and shown_label(browser) == answer["label"]
+    assert shown == pytest.approx({t["label"]: t["probability"] for t in answer["top"]}, abs=1e-6)
+    texts = [item.text.split() for item in browser.find_elements("css selector", "#probabilities li")]
+    assert [text[0] for text in texts] == list(shown)
+    assert [text[1] for text in texts] == [f"{100 * p:.1f}%" for p in shown.values()]
+    pad, beside = (browser.execute_script(f"const r = document.getElementById('{name}').getBoundingClientRect();"
+                                          f"return [r.left, r.right, r.top, r.bottom];") for name in ("pad", "seen"))
+    assert beside[0] >= pad[1] and beside[2] < pad[3] and beside[1] - beside[0] >= 56  # to its right, 2x or more
 
 
 def test_uploading_an_image_file_shows_its_guess(browser, served, tmp_path):

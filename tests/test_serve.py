@@ -25,6 +25,7 @@ from tiny_models import tiny_onnx
 from conftest import SERVE_LIMIT as LIMIT
 from conftest import digit_images, png, run_stage, served_model
 from mnist_cnn.errors import UserError
+from mnist_cnn.images import decode_image, to_model_image
 from mnist_cnn.serve import create_app
 
 pytestmark = pytest.mark.slow  # a trained, exported model served by a real server
@@ -67,6 +68,26 @@ def test_a_batch_answers_in_order_as_single_requests_do(served, digits):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_every_class_and_the_image_the_model_saw_are_there_when_asked_for(served, digits, path):
+    images, _ = digits
+    field = "file" if path == "/predict" else "files"
+    answer = requests.post(f"{served['url']}{path}?top=10&image=true", files=[(field, ("d.png", images[1],
+                                                                                       "image/png"))]).json()
+    answer = answer if path == "/predict" else answer["predictions"][0]
+    probabilities = [t["probability"] for t in answer["top"]]
+    assert sorted(t["label"] for t in answer["top"]) == [str(d) for d in range(10)]
+    assert probabilities == sorted(probabilities, reverse=True) and abs(sum(probabilities) - 1) < 1e-5
+    expected = to_model_image(decode_image(io.BytesIO(images[1])))  # what the model saw: predict's normalisation
+    assert np.array(answer["image"]).shape == (28, 28)
+    np.testing.assert_allclose(answer["image"], expected, atol=5e-5)
+    more = requests.post(f"{served['url']}{path}?top=1000", files=[(field, ("d.png", images[1], "image/png"))])
+    assert len((more.json() if path == "/predict" else more.json()["predictions"][0])["top"]) == 10
+    refused = requests.post(f"{served['url']}{path}?top=0", files=[(field, ("d.png", images[1], "image/png"))])
+    assert refused.status_code == 400 and refused.json() == {"detail": "top: Input should be greater than or equal "
+                                                                       "to 1"}
+
+
 def test_the_page_and_its_assets_are_served(served):
     page = requests.get(f"{served['url']}/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text and 'name="viewport"' in page.text
@@ -92,7 +113,10 @@ def test_openapi_documents_each_answer_with_the_fields_the_server_sends(served, 
     assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     one = requests.post(f"{url}/predict", files={"file": ("d.png", digits[0][0], "image/png")}).json()
     name, prediction = answer_schema(schema, "/predict")
-    assert name == "Prediction" and set(prediction["required"]) == set(prediction["properties"]) == set(one)
+    assert name == "Prediction" and set(prediction["required"]) == set(one)
+    seen = requests.post(f"{url}/predict?image=true", files={"file": ("d.png", digits[0][0], "image/png")}).json()
+    assert set(prediction["properties"]) == set(seen) == set(one) | {"image"}  # only when asked for
+    assert {p["name"] for p in schema["paths"]["/predict"]["post"]["parameters"]} == {"top", "image"}
     top_name, top = component(schema, prediction["properties"]["top"]["items"])
     assert top_name == "ClassProbability" and set(top["required"]) == set(one["top"][0])
     assert prediction["properties"]["probability"]["type"] == "number"

@@ -10,6 +10,7 @@ server closes its connection, so the attack never lets up, and counts what the s
 import asyncio
 import collections
 import io
+import itertools
 import multiprocessing
 import resource
 import time
@@ -148,11 +149,13 @@ def huge_headers(port, stop, tally, chunk=1 << 16):
     return _attack(port, stop, tally, behave)
 
 
-def slow_decodes(port, stop, tally, request):
-    """A valid request whose images take long to decode and normalise (request: its bytes), sent again as soon as
-    it is answered."""
+def slow_decodes(port, stop, tally, *requests):
+    """Valid requests whose images take long to decode and normalise (requests: their bytes), one after another,
+    the next as soon as the last is answered."""
+    sent = itertools.count()
+
     async def behave(reader, writer):
-        writer.write(request)
+        writer.write(requests[next(sent) % len(requests)])
         await writer.drain()
         await stop.wait()
     return _attack(port, stop, tally, behave)
