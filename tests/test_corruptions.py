@@ -138,6 +138,17 @@ def test_colour_images_of_another_size(name, digits, reference):
     assert reference(luminance.reshape(-1, 28, 2, 28, 2).mean(axis=(2, 4)), y) >= 0.5
 
 
+@pytest.mark.parametrize("shape", [(6, 8, 12, 1), (6, 8, 12, 3), (2, 37, 23, 3)])
+def test_the_smallest_and_odd_sizes_preprocess_allows(shape):
+    """Images of 8 pixels a side (preprocess's least), wider than high, of odd sizes: each corruption that fits
+    keeps their shape and changes them."""
+    x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for name in NAMES:
+        if not unfit(name, shape[1:]):
+            out = corrupt(name, x, seed=0)
+            assert out.shape == x.shape and out.dtype == np.uint8 and (out != x).mean() > 0.01, name
+
+
 def blob(row, column, sigma=1.2, size=28):
     """An image of a Gaussian spot centred at (row, column), which may lie between pixels."""
     rows, columns = np.mgrid[:size, :size]
