@@ -9,7 +9,8 @@ import os
 import tempfile
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -141,15 +142,17 @@ with open(os.path.join(REPO, "params.yaml")) as f:
     PARAMS = YAML(typ="safe").load(f)
 
 
-def loaded_with(key, value):
-    """load_params on the repository's params.yaml with key set to value, written as DVC writes it (YAML 1.2)."""
+def loaded_with(key, value=None):
+    """load_params on the repository's params.yaml with key set to value (or each key of a dict set to its
+    value), written as DVC writes it (YAML 1.2): (path, the flat params or None, the error or None)."""
     yaml = YAML(typ="safe")
     params = copy.deepcopy(PARAMS)
-    *sections, leaf = key.split(".")
-    node = params
-    for section in sections:
-        node = node[section]
-    node[leaf] = value
+    for dotted, new in (key.items() if isinstance(key, dict) else [(key, value)]):
+        *sections, leaf = dotted.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[leaf] = new
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "params.yaml")
         with open(path, "w") as f:
@@ -160,18 +163,52 @@ def loaded_with(key, value):
             return path, None, str(error)
 
 
+def edges(rule):
+    """The values at each end of a rule's range, and those just past it: (allowed, refused)."""
+    kind = rule[0]
+    if kind in ("integer", "integer or null"):
+        low, high = rule[1:]
+        return [low, high], [low - 1, high + 1, float(low), True]
+    if kind == "number":
+        low, high, low_open, high_open = rule[1:]
+        inside = [math.nextafter(low, math.inf) if low_open else low, math.nextafter(high, -math.inf) if high_open
+                  else high]
+        return inside, [low if low_open else math.nextafter(low, -math.inf),
+                        high if high_open else math.nextafter(high, math.inf), str(inside[0]), False]
+    if kind == "choice":
+        return list(rule[1]), [rule[1][0].upper(), rule[1][0] + " ", None, 1]
+    if kind == "integer list":
+        low, high = rule[1:]
+        return [[low], [high, low]], [[], [low - 1], [high + 1], [True], [float(low)], low]
+    if kind == "boolean":
+        return [True, False], [0, 1, "true", None]
+    return ["x", " a path "], ["", "  ", None, 7]  # a path
+
+
 def test_the_oracle_covers_every_param():
     assert set(ALLOWED) == set(PARAMS_SCHEMA)
 
 
-@settings(BOUNDED, max_examples=80)
-@given(st.data())
-def test_every_allowed_value_of_every_param_loads_as_written(data):
-    key = data.draw(st.sampled_from(sorted(ALLOWED)))
-    value = data.draw(allowed_values(ALLOWED[key]))
-    _, params, error = loaded_with(key, value)
+@pytest.mark.parametrize("key", sorted(ALLOWED))
+def test_each_end_of_each_params_range_is_allowed_and_just_past_it_is_one_line(key):
+    """The ends Hypothesis rarely draws: an off-by-one bound, a choice dropped, a type let through."""
+    inside, outside = edges(ALLOWED[key])
+    for value in inside:
+        assert allowed(ALLOWED[key], value)
+        assert loaded_with(key, value)[1][key] == value, (key, value)
+    for value in outside:
+        assert not allowed(ALLOWED[key], value)
+        path, _, error = loaded_with(key, value)
+        assert error is not None and error.startswith(f"{path}: {key} = "), (key, value)
+
+
+@settings(BOUNDED, max_examples=60)
+@given(st.fixed_dictionaries({key: allowed_values(rule) for key, rule in ALLOWED.items()}))
+def test_every_allowed_value_of_every_param_loads_as_written(values):
+    """Every key set at once: each example checks all of them."""
+    _, params, error = loaded_with(values)
     assert error is None
-    assert params[key] == value and type(params[key]) is type(value)
+    assert params == values and [type(params[key]) for key in values] == [type(v) for v in values.values()]
 
 
 @settings(BOUNDED, max_examples=80)
@@ -246,6 +283,9 @@ PIXEL_ARRAYS = hnp.arrays(
 
 @BOUNDED
 @given(PIXEL_ARRAYS, st.booleans())
+@example(np.array(0, np.uint8), False)  # found by Hypothesis: an IndexError
+@example(np.full((2, 2), 3.4028236e38), False)  # found by Hypothesis: past float32's maximum, an overflow
+@example(np.where(np.eye(5) > 0, np.nan, 1.0), False)
 def test_any_array_is_a_28x28_float32_in_0_1_or_one_bad_image(pixels, colour):
     """An .npy or .npz given to predict: any dtype, shape and values, NaN and the float extremes included."""
     image = model_image_or_bad(lambda: to_model_image(pixels, colour=colour))
@@ -258,11 +298,13 @@ def test_any_array_is_a_28x28_float32_in_0_1_or_one_bad_image(pixels, colour):
 @st.composite
 def splits(draw):
     """Images of any small shape, labels of any of their classes, any class names and any shard size."""
-    classes = draw(st.lists(st.text(max_size=8), min_size=1, max_size=12))
+    classes = draw(st.lists(st.text(max_size=8), min_size=1, max_size=12)
+                   | st.integers(256, 400).map(lambda count: [f"class {i}" for i in range(count)]))  # past uint8
     names = np.array(classes)  # as preprocess passes them: a NumPy array of str
     shape = (draw(st.integers(0, 30)), draw(st.integers(1, 8)), draw(st.integers(1, 8)), draw(st.sampled_from([1, 3])))
     x = draw(hnp.arrays(np.uint8, shape))
-    y = draw(hnp.arrays(draw(st.sampled_from([np.uint8, np.int64])), shape[0], elements=st.integers(0, len(names) - 1)))
+    label_type = np.uint8 if len(names) <= 256 and draw(st.booleans()) else np.int64
+    y = draw(hnp.arrays(label_type, shape[0], elements=st.integers(0, len(names) - 1)))
     shard_mb = draw(st.floats(1e-6, 0.01))
     return x, y, names, shard_mb
 
