@@ -194,12 +194,12 @@ def test_each_end_of_each_params_range_is_allowed_and_just_past_it_is_one_line(k
     """The ends Hypothesis rarely draws: an off-by-one bound, a choice dropped, a type let through."""
     inside, outside = edges(ALLOWED[key])
     for value in inside:
-        assert allowed(ALLOWED[key], value)
-        assert loaded_with(key, value)[1][key] == value, (key, value)
+        assert allowed(ALLOWED[key], value) and PARAMS_SCHEMA[key](value) is None, value
     for value in outside:
-        assert not allowed(ALLOWED[key], value)
-        path, _, error = loaded_with(key, value)
-        assert error is not None and error.startswith(f"{path}: {key} = "), (key, value)
+        assert not allowed(ALLOWED[key], value) and PARAMS_SCHEMA[key](value) is not None, value
+    _, params, _ = loaded_with(key, inside[-1])  # and as load_params reads them from the file
+    path, _, error = loaded_with(key, outside[0])
+    assert params[key] == inside[-1] and error.startswith(f"{path}: {key} = {outside[0]!r} is not allowed")
 
 
 @settings(BOUNDED, max_examples=60)
