@@ -50,9 +50,10 @@ def mnist_style(pixels, size=IMAGE_SIZE):
     ratio, placed with its centre of mass at the centre. Raises BadImage for an image with no ink.
     """
     pixels = np.asarray(pixels, dtype=np.float32)
-    if pixels.ndim != 2 or min(pixels.shape) < 2:
-        raise BadImage(f"{pixels.shape[1] if pixels.ndim == 2 else 0}x{pixels.shape[0]} pixels is too small "
-                       f"to hold a digit")
+    if pixels.ndim != 2:  # a 0-d, 1-d or 4-d array from an .npy file
+        raise BadImage(f"an array of shape {pixels.shape} is not an image (height x width, or x 3 for colour)")
+    if min(pixels.shape) < 2:
+        raise BadImage(f"{pixels.shape[1]}x{pixels.shape[0]} pixels is too small to hold a digit")
     if np.median(_border(pixels)) > pixels.mean():  # dark ink on a light background
         pixels = pixels.max() - pixels
     background = np.median(_border(pixels))
@@ -105,6 +106,9 @@ def to_model_image(pixels, size=IMAGE_SIZE, colour=False):
         raise BadImage(f"pixels of type {pixels.dtype}; expected numbers")
     if not np.isfinite(pixels).all():
         raise BadImage("NaN or infinite pixel values")
+    peak = float(np.abs(pixels).max(initial=0)) if np.issubdtype(pixels.dtype, np.floating) else 0
+    if peak > 1e30 and not colour:  # the float32 arithmetic below would overflow to inf; MNIST's recipe is the same
+        pixels = pixels / peak  # at any scale (a colour image is clipped to 0-255 anyway)
     if pixels.ndim == 3 and pixels.shape[2] == 3 and not colour:
         pixels = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma
     elif pixels.ndim == 2 and colour:

@@ -33,7 +33,8 @@ def _number(low=None, high=None, integer=False, low_open=False, high_open=False,
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             return "an integer" if integer else "a number"
-        if not math.isfinite(value):  # .nan, .inf: YAML floats that no knob can use
+        # .nan, .inf: YAML floats no knob can use (math.isfinite of an int over 1.8e308 raises OverflowError)
+        if isinstance(value, float) and not math.isfinite(value):
             return "a finite number"
         if low is not None and (value <= low if low_open else value < low):
             return f"{'>' if low_open else '>='} {low}"

@@ -337,8 +337,9 @@ def wait_for_line(process, text, timeout=120):
 
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory):
-    """A committed tiny run, pushed with its run cache to a local remote: (repo, remote). Built once per test
-    session by whichever xdist worker asks first (the others wait on a file lock); tests work in clones."""
+    """A committed tiny run, pushed with its run cache to a local remote: (repo, remote), beside them repro.log (the
+    run's output). Built once per test session by whichever xdist worker asks first (the others wait on a file
+    lock); tests work in clones or copies."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one session
     shared = tmp_path_factory.getbasetemp().parent / f"baseline-{run}" if run else tmp_path_factory.mktemp("shared")
     root, remote = shared / "project", shared / "remote"
@@ -348,7 +349,8 @@ def baseline(tmp_path_factory):
             remote.mkdir(parents=True)
             make_tiny_project(root)
             sh(root, "dvc", "remote", "add", "-d", "storage", str(remote))
-            sh(root, "dvc", "repro")
+            first = sh(root, "dvc", "repro")
+            (shared / "repro.log").write_text(first.stdout + first.stderr)  # what a first run says (test_pipeline)
             sh(root, *GIT, "add", "-A")
             sh(root, *GIT, "commit", "-qm", "baseline run")
             sh(root, "dvc", "push", "--run-cache")

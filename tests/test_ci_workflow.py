@@ -1,6 +1,7 @@
 """The GitHub Actions workflow we ship for users: valid against the workflow schema, and doing its job."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -24,33 +25,93 @@ def load_workflow(path=WORKFLOW):
         return yaml.safe_load(f)
 
 
+def readme_test_commands():
+    """The README's way to run the tests (Quickstart): the commands of its line that installs requirements-dev.txt."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        quickstart = f.read().split("## Quickstart", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    line = next(line for line in quickstart.splitlines() if "requirements-dev.txt" in line)
+    return [command.strip() for command in line.split("&&")]
+
+
+# What a run step may hold, line by line: simple commands (words, quoted strings, redirections), and a group
+# `{ ... } > file`. GitHub runs a step as `bash -e {0}`, without pipefail: a pipe (`pytest | tee log`), `||`, `&&`,
+# `;`, `&`, `!`, a command substitution, a conditional, `set`, `trap` or `exit` can each let a failure pass
+ALLOWED_OPERATORS = {"<", ">", ">>"}
+REFUSED_WORDS = {"set", "trap", "exit", "return", "if", "then", "else", "elif", "fi", "while", "until", "do", "done",
+                 "for", "case", "esac", "!", "true", ":", "eval", "exec", "source", ".", "function"}
+
+
+def unchecked_line(line):
+    """Why a line of a run step could end without failing on a failed command, or None when it cannot."""
+    try:
+        lexer = shlex.shlex(re.sub(r"\$\{\{.*?\}\}", "expression", line), posix=True, punctuation_chars=";&|()<>!")
+        tokens = list(lexer)
+    except ValueError as e:
+        return f"cannot be read as simple commands ({e})"
+    operators = [token for token in tokens if token and set(token) <= set(";&|()<>!")]
+    if set(operators) - ALLOWED_OPERATORS:
+        return f"operator {' '.join(sorted(set(operators) - ALLOWED_OPERATORS))}"
+    words = [token for token in tokens if token not in ("{", "}")]
+    if words and words[0] in REFUSED_WORDS:
+        return f"{words[0]}"
+    if re.search(r"(?<!\\)(\$\(|`)", line):  # an escaped \` is a backquote character
+        return "a command substitution"
+    return None
+
+
 def failures_are_hidden(workflow):
-    """Where a failing step would not fail the job: continue-on-error, or a command made to succeed anyway."""
+    """Where a failing command would not fail the job: anything outside the allow-list above, a step or job that
+    may fail (continue-on-error) or runs under another shell, and a test step that is not the README's."""
     hidden = []
+    if "defaults" in workflow:
+        hidden.append("workflow defaults (a shell of its own)")
     for name, job in workflow["jobs"].items():
-        if job.get("continue-on-error"):
-            hidden.append(f"job {name}: continue-on-error")
-        for step in job["steps"]:
-            command = " ".join(step.get("run", "").split())
-            if step.get("continue-on-error"):
-                hidden.append(f"step {step.get('name', command)}: continue-on-error")
-            if re.search(r"\|\|\s*(true|:|exit 0)(\s|$)|;\s*(true|exit 0)\s*$|set \+e", command):
-                hidden.append(f"step {step.get('name', command)}: {command}")
+        for key in ("continue-on-error", "defaults"):
+            if key in job:
+                hidden.append(f"job {name}: {key}")
+        steps = job["steps"]
+        for step in steps:
+            label = step.get("name", step.get("run", step.get("uses")))
+            for key in ("continue-on-error", "shell"):
+                if key in step:
+                    hidden.append(f"step {label}: {key}")
+            joined = re.sub(r"\\\n", " ", step.get("run", ""))
+            for line in joined.splitlines():
+                problem = unchecked_line(line)
+                if problem:
+                    hidden.append(f"step {label}: {line.strip()!r}: {problem}")
+        install, test = readme_test_commands()
+        runs = [step.get("run", "").strip() for step in steps]
+        if install not in runs or runs[runs.index(install) + 1:][:1] != [test]:
+            hidden.append(f"job {name}: no step runs {test!r} alone, right after {install!r}, as the README says")
+        elif "if" in steps[runs.index(test)]:
+            hidden.append(f"job {name}: the test step runs only if {steps[runs.index(test)]['if']}")
     return hidden
 
 
 def test_workflow_lets_every_failure_fail_the_job():
+    assert readme_test_commands() == ["pip install -r requirements-dev.txt", "pytest"]
     assert failures_are_hidden(load_workflow()) == []
 
 
 @pytest.mark.parametrize("run, step_options", [
-    ("pytest || true", {}), ("pytest || :", {}), ("set +e\npytest", {}), ("pytest; true", {}),
-    ("pytest", {"continue-on-error": True}),
+    ("pytest | tee log", {}), ("pytest || echo failed", {}), ("pytest || true", {}), ("pytest || :", {}),
+    ("set +e\npytest", {}), ("pytest; true", {}), ("pytest &", {}), ("! pytest", {}), ("echo $(pytest)", {}),
+    ("if pytest; then echo ok; fi", {}), ("pytest -x", {}), ("pytest -m 'not slow'", {}), ("pytest\nexit 0", {}),
+    ("pytest", {"continue-on-error": True}), ("pytest", {"shell": "bash {0}"}), ("pytest", {"if": "false"}),
 ])
 def test_a_workflow_that_hides_failures_is_caught(run, step_options):
     workflow = load_workflow()
     step = next(step for step in workflow["jobs"]["run"]["steps"] if step.get("run") == "pytest")
     step.update(run=run, **step_options)
+    assert failures_are_hidden(workflow) != []
+
+
+@pytest.mark.parametrize("run", ["dvc repro | tee repro.log", "dvc repro || echo failed", "dvc repro &&\\\n echo ok",
+                                 "{\n  dvc repro\n} || true"])
+def test_any_step_that_hides_a_failure_is_caught(run):
+    workflow = load_workflow()
+    next(step for step in workflow["jobs"]["run"]["steps"] if step.get("run") == "dvc repro")["run"] = run
     assert failures_are_hidden(workflow) != []
 
 

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 from crafted_images import dds_of_unknown_pixel_format, jpeg_claiming, tiff_with_a_tag_past_its_end
+from PIL import Image
 
 from conftest import REAL_MNIST, image_folder, needs_real_mnist, run_stage, tiny_arrays, write_params
 from mnist_cnn import sources
@@ -216,11 +217,16 @@ def test_image_folder_becomes_a_dataset_with_class_names(tmp_path):
 def test_image_folder_with_test_subfolder_rgb_and_another_size(tmp_path):
     folder = image_folder(tmp_path / "mine", classes=("a", "b"), per_class=10)
     image_folder(folder / "test", classes=("a", "b"), per_class=4, seed=9)
+    bar = np.zeros((10, 40, 3), np.uint8)
+    bar[..., 0], bar[..., 2] = 255, 90  # red, a little blue, no green: a swapped or dropped channel shows
+    Image.fromarray(bar).save(folder / "a" / "red.png")  # after a's ten generated images
     result = run_folder(tmp_path, folder, data__folder__image_size=32, data__folder__color_mode="rgb")
     assert result.returncode == 0, result.stderr
     raw = load_npz(tmp_path / "raw.npz")
-    assert raw["x_train"].shape == (20, 32, 32, 3) and raw["x_test"].shape == (8, 32, 32, 3)
+    assert raw["x_train"].shape == (21, 32, 32, 3) and raw["x_test"].shape == (8, 32, 32, 3)
     assert raw["class_names"].tolist() == ["a", "b"]
+    red = raw["x_train"][10]  # fitted to the width, centred in height, its colours kept
+    assert red[16].tolist() == [[255, 0, 90]] * 32 and red[0].max() == 0
 
 
 @pytest.mark.parametrize("make, message", [

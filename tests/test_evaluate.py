@@ -22,6 +22,18 @@ def test_metrics_are_test_accuracy_loss_and_calibration(trained_run):
     assert metrics["nll"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
+def test_loss_and_accuracy_against_numpy(trained_run):
+    """The model's probabilities for the test images, scored in NumPy: the mean of -log p(true class) (Keras
+    clips p at 1e-7) and the share of images whose most probable class is the true one."""
+    from mnist_cnn.model_files import load_model
+    x, y = read_all(open_split(trained_run["processed"] / "test"))
+    probabilities = load_model(trained_run["model"]).predict(x.astype(np.float32) / 255, verbose=0)
+    metrics = json.loads(trained_run["metrics"].read_text())
+    true_class = probabilities[np.arange(len(y)), y]
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log(np.clip(true_class, 1e-7, 1))), rel=1e-4)
+    assert metrics["accuracy"] == np.mean(probabilities.argmax(axis=1) == y)
+
+
 def test_class_report_against_a_hand_made_confusion():
     """Class b is predicted 3 times, right twice (precision 2/3), and is 2 of the 4 true b's (recall 1/2);
     class c is never predicted: precision 0, not a division by zero."""

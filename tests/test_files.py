@@ -1,4 +1,5 @@
 """Atomic, byte-deterministic outputs (files.py, model_files.py) and one-line errors for unreadable files."""
+import datetime
 import hashlib
 import os
 import time
@@ -17,10 +18,20 @@ def md5(path):
 @pytest.fixture
 def clock_ahead(monkeypatch):
     """Call it to move the clock 3 days and 7 s ahead: a file written before and one written after
-    must not differ by their time stamps (zip stores them with 2 s resolution)."""
+    must not differ by their time stamps (zip stores them with 2 s resolution). Both clocks move: time.time
+    (zipfile's) and datetime.now (Keras stamps a model's metadata with it, to the second)."""
     def move():
-        ahead = time.time() + 3 * 86400 + 7
+        shift = 3 * 86400 + 7
+        ahead = time.time() + shift
+
+        class Later(datetime.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return real.now(tz) + datetime.timedelta(seconds=shift)
+
+        real = datetime.datetime
         monkeypatch.setattr(time, "time", lambda: ahead)
+        monkeypatch.setattr(datetime, "datetime", Later)  # modules that `import datetime` see it at their next call
     return move
 
 

@@ -105,11 +105,17 @@ def test_nan_pixels_are_that_images_error(tmp_path):
 
 
 def test_a_colour_image_for_a_grayscale_model_becomes_its_brightness():
-    digits, _ = digit_images(5, seed=1)
-    for digit in digits:
-        rgb = np.repeat(digit[..., None], 3, axis=2)
-        np.testing.assert_allclose(to_model_image(rgb), mnist_style(digit), atol=1e-5)
-        assert to_model_image(digit, colour=True).shape == (28, 28, 3)  # and the other way round
+    """Three different digits in R, G and B: any other channel or weighting (a plain mean, BGR's order) gives
+    another image than the brightness Pillow's convert("L") computes (ITU-R 601-2, in integers: within 0.003)."""
+    digits, _ = digit_images(6, seed=1)
+    for first in (0, 3):
+        rgb = np.stack(digits[first: first + 3], axis=2)
+        brightness = mnist_style(np.asarray(Image.fromarray(rgb).convert("L")))
+        np.testing.assert_allclose(to_model_image(rgb), brightness, atol=0.01)
+    gray = to_model_image(digits[0], colour=True)  # and the other way round: the gray image in every channel
+    assert gray.shape == (28, 28, 3) and np.array_equal(gray[..., 0], gray[..., 1])
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    np.testing.assert_array_equal(gray, fit_colour(np.repeat(digits[0][..., None], 3, axis=2), 28))
 
 
 def test_an_unreadable_file_is_one_line(tmp_path):

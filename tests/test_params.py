@@ -68,6 +68,7 @@ def test_schema_names_every_dataset_of_the_registry():
     ("train__learning_rate", float("nan"), "train.learning_rate = nan is not allowed; it must be a finite number"),
     ("train__learning_rate", float("inf"), "train.learning_rate = inf is not allowed; it must be a finite number"),
     ("model__augment__rotation", float("-inf"), "model.augment.rotation = -inf is not allowed; it must be a finite"),
+    ("train__learning_rate", 10**400, f"train.learning_rate = {10**400} is not allowed; it must be <= 1000000.0"),
     ("data__path", None, "data.path = None is not allowed; it must be a path (a non-empty string)"),
     ("data__path", "", "data.path = '' is not allowed; it must be a path (a non-empty string)"),
     ("robustness__corruptions", ["fog", "fog"], "robustness.corruptions = ['fog', 'fog'] is not allowed; it must be a "

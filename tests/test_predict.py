@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
 from crafted_images import (
@@ -16,6 +17,7 @@ from tiny_models import tiny_onnx
 from conftest import digit_images, run_stage
 from mnist_cnn import predict
 from mnist_cnn.errors import UserError
+from mnist_cnn.images import read_image, to_model_image
 from mnist_cnn.runtimes import open_model
 
 
@@ -63,6 +65,14 @@ def test_json_output_for_every_kind_of_image(model_dir, good_images):
         assert [t["probability"] for t in r["top_k"]] == sorted((t["probability"] for t in r["top_k"]), reverse=True)
         assert r["top_k"][0]["label"] == r["label"] and len(r["top_k"]) == 3
     assert "4 images classified, 0 failed" in result.stderr and "images/s" in result.stderr
+    # each answer is the model's own for that file: its three most probable classes, with their probabilities
+    model = keras.saving.load_model(model_dir / "model.keras")
+    names = json.loads((model_dir / "classes.json").read_text())
+    for r in out:
+        expected = model.predict(to_model_image(read_image(r["path"]))[None, ..., None], verbose=0)[0]
+        ranked = np.argsort(-expected)[:3]
+        assert [t["label"] for t in r["top_k"]] == [names[i] for i in ranked], r["path"]
+        np.testing.assert_allclose([t["probability"] for t in r["top_k"]], expected[ranked], atol=1e-5)
 
 
 @pytest.mark.slow

@@ -1,14 +1,17 @@
 """Splits as shards: preprocess cuts them by data.shard_mb, train and evaluate stream the ones of several shards."""
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import SHARD_MB, run_stage, write_params
+from conftest import CODE_ENV, SHARD_MB, run_stage, write_params
 from mnist_cnn.prepare import one_hot, read_split
-from mnist_cnn.shards import open_split, read_all, rows_per_shard
-from mnist_cnn.streaming import stream
+from mnist_cnn.shards import open_split, read_all, rows_per_shard, write_split
+from mnist_cnn.streaming import PREFETCH, SHARDS_READ, stream
 
 
 def test_preprocess_cuts_each_split_into_shards_of_at_most_shard_mb(sharded_dir, processed_dir):
@@ -84,3 +87,42 @@ def test_train_streams_several_shards_deterministically(sharded_dir, workdir):
     accuracy = [float(line.split("\t")[1]) for line in (workdir / "a" / "log" / "plots" / "metrics" / "eval" /
                                                          "accuracy.tsv").read_text().splitlines()[1:]]
     assert len(accuracy) == 3 and accuracy[-1] > 0.3  # it learns: 10 classes, chance is 0.1
+
+
+# Streams a split through a shuffle buffer in a fresh process (whose allocator has freed nothing yet to reuse) and
+# prints how far its anonymous memory grew over the epoch, polled at every batch
+PEAK_GROWTH = """
+import json, sys
+from mnist_cnn.shards import open_split
+from mnist_cnn.streaming import stream
+def rss_anon():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+batches = stream(open_split(sys.argv[1]), int(sys.argv[2]), shuffle_buffer=int(sys.argv[3]), seed=1)
+iterator = batches.as_numpy_iterator()
+images = len(next(iterator)[0])
+start = peak = rss_anon()
+for x, _ in iterator:
+    images, peak = images + len(x), max(peak, rss_anon())
+print(json.dumps({"images": images, "growth": peak - start}))
+"""
+
+
+@pytest.mark.slow
+def test_streaming_memory_is_bounded_by_the_buffer_and_the_batches_not_the_dataset(tmp_path):
+    """docs/scaling.md: memory is bounded by the shards in flight, the buffer and a few batches. 8,000 images of
+    64x64x3 (94 MiB) in 80 shards, through a buffer of 2,000 (23 MiB): about 30 MiB here. Were each image a view
+    of its shard (from_tensor_slices), an image left in the buffer would keep its whole shard: 110 MiB."""
+    shape, per_shard, buffer, batch = (64, 64, 3), 100, 2000, 32
+    image = int(np.prod(shape))
+    x = np.random.default_rng(0).integers(0, 256, (8000, *shape), dtype=np.uint8)
+    write_split(tmp_path / "train", x, np.arange(len(x)) % 10, np.array(list("0123456789")), per_shard * image / 2**20)
+    assert len(open_split(tmp_path / "train").files) == 80
+    result = subprocess.run([sys.executable, "-c", PEAK_GROWTH, str(tmp_path / "train"), str(batch), str(buffer)],
+                            env={**os.environ, **CODE_ENV}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    # the buffer twice over (tf.data's shuffle keeps its own slack), the shards being read, float32 batches
+    bound = 2 * buffer * image + SHARDS_READ * per_shard * image + (PREFETCH + SHARDS_READ) * batch * image * 4
+    assert measured["images"] == len(x) and x.nbytes > 1.5 * bound
+    assert measured["growth"] < bound, f"{measured['growth'] / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB"
