@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_stage
+from conftest import run_stage, write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import write_json
 from mnist_cnn.shards import open_split, read_all, read_labels, write_split
@@ -92,6 +92,25 @@ def evaluate_in(workdir, model, test, classes=False):
     from stages import evaluate
     evaluate.main([str(model), str(test), str(workdir / "m.json"), str(workdir / "p.csv")]
                   + ([str(workdir / "c.csv")] if classes else []))
+
+
+def test_metrics_and_predictions_agree_with_the_models_own_outputs(trained_run, workdir, capsys):
+    """Accuracy, loss and predictions.csv recomputed from model.predict on the whole test split, by hand."""
+    from mnist_cnn.model_files import load_model
+    from mnist_cnn.prepare import read_split
+    write_params(workdir, evaluate__batch_size=7)  # 100 test images: 14 batches and a last one of 2
+    evaluate_in(workdir, trained_run["model"], trained_run["processed"] / "test")
+    x, y, names = read_split(trained_run["processed"] / "test")
+    probabilities = load_model(trained_run["model"]).predict(x, verbose=0).astype(np.float64)
+    predicted = probabilities.argmax(axis=1)
+    assert 0 < np.mean(predicted == y) < 1  # some wrong: the metrics below tell right from wrong
+    metrics = json.loads((workdir / "m.json").read_text())
+    assert metrics["accuracy"] == np.mean(predicted == y)
+    assert metrics["loss"] == pytest.approx(np.mean(-np.log(probabilities[np.arange(len(y)), y])), rel=1e-4)
+    with open(workdir / "p.csv") as f:
+        assert list(csv.reader(f)) == [["actual", "predicted"]] + [[names[a], names[b]] for a, b in zip(y, predicted)]
+    assert capsys.readouterr().out == (f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+                                       f"on {len(y)} images\n")
 
 
 def test_a_model_with_broken_weights_writes_no_metrics(trained_run, workdir):

@@ -56,6 +56,45 @@ def test_saved_model_is_byte_deterministic_across_time(tmp_path, clock_ahead):
     clock_ahead()
     save_model(model, tmp_path / "b.keras")
     assert md5(tmp_path / "a.keras") == md5(tmp_path / "b.keras")
+    # an equal model built again lies at other memory addresses, which Keras writes in its config
+    def build():
+        layers = [keras.Input((4,), name="x"), keras.layers.Dense(2, kernel_initializer="ones", name="d")]
+        return keras.Sequential(layers, name="model")
+    save_model(build(), tmp_path / "c.keras")
+    save_model(build(), tmp_path / "d.keras")
+    assert md5(tmp_path / "c.keras") == md5(tmp_path / "d.keras")
+
+
+def test_shared_object_ids_are_renumbered_in_order_of_appearance_and_nothing_else_changes():
+    from mnist_cnn.model_files import renumber_shared_objects
+    config = {"a": {"shared_object_id": 140_711, "name": "dense", "units": 3},
+              "b": [{"shared_object_id": 140_955}, [{"shared_object_id": 140_711}], "text", 7],
+              "shared_object_id": 139_001}
+    assert renumber_shared_objects(config, {}) == {
+        "a": {"shared_object_id": 0, "name": "dense", "units": 3},
+        "b": [{"shared_object_id": 1}, [{"shared_object_id": 0}], "text", 7],
+        "shared_object_id": 2}
+
+
+def test_a_saved_model_drops_its_save_time_and_keeps_keras_own_config(tmp_path):
+    import json
+    import zipfile
+
+    import keras
+
+    from mnist_cnn.model_files import load_model, renumber_shared_objects, save_model
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, kernel_initializer="ones")])
+    save_model(model, tmp_path / "ours.keras")
+    model.save(tmp_path / "keras.keras")
+    with zipfile.ZipFile(tmp_path / "ours.keras") as ours, zipfile.ZipFile(tmp_path / "keras.keras") as theirs:
+        assert ours.namelist() == theirs.namelist()
+        metadata = json.loads(theirs.read("metadata.json"))
+        del metadata["date_saved"]
+        assert json.loads(ours.read("metadata.json")) == metadata
+        config, keras_config = json.loads(ours.read("config.json")), json.loads(theirs.read("config.json"))
+        assert config == renumber_shared_objects(keras_config, {}) and config != keras_config  # Keras' has an address
+        assert ours.read("model.weights.h5") != b""
+    np.testing.assert_array_equal(load_model(tmp_path / "ours.keras").predict(np.ones((1, 4)), verbose=0), [[4, 4]])
 
 
 def test_load_npz_explains_missing_and_broken_files(tmp_path):
