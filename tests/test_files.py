@@ -1,6 +1,7 @@
 """Atomic, byte-deterministic outputs (files.py, model_files.py) and one-line errors for unreadable files."""
 import hashlib
 import os
+import re
 import time
 
 import numpy as np
@@ -113,3 +114,57 @@ def test_read_arrays_takes_npy_and_npz_and_refuses_pickles(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickle"):
         read_arrays(tmp_path / "objects.npy")
+
+
+def test_load_model_explains_a_missing_file_and_one_that_is_not_a_keras_model(tmp_path):
+    from mnist_cnn.model_files import load_model
+    with pytest.raises(UserError) as error:
+        load_model(str(tmp_path / "model.keras"))
+    assert str(error.value) == f"{tmp_path / 'model.keras'} not found: run `dvc repro` to train the model"
+    (tmp_path / "model.keras").write_bytes(b"not a zip file")
+    with pytest.raises(UserError) as error:
+        load_model(str(tmp_path / "model.keras"))
+    assert re.fullmatch(rf"{re.escape(str(tmp_path))}/model.keras is not a Keras model \([^\n]+\): "
+                        r"run `dvc repro --force train` to rebuild it", str(error.value)), str(error.value)
+    import keras
+    lambda_model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: 2 * x)])
+    lambda_model.save(tmp_path / "lambda.keras")  # code safe mode won't run: a TypeError inside Keras
+    with pytest.raises(UserError, match=r"lambda.keras is not a Keras model \(.*(safe|unsafe).*\): run `dvc repro"):
+        load_model(str(tmp_path / "lambda.keras"))
+
+
+@pytest.mark.parametrize("shape, taken", [((None, 28, 28, 1), (28, 28, 1)), ([None, 32, 20, 3], (32, 20, 3)),
+                                          ((None, 784), None), ((None, 28, 28, 2), None), ((None, 28, 28), None),
+                                          ((None, 0, 28, 1), None), ((None, None, 28, 1), None),
+                                          ((None, 28, 28.0, 1), None), ("images", None)])
+def test_image_shape_takes_images_of_one_or_three_channels_only(shape, taken):
+    from mnist_cnn.model_files import image_shape
+    if taken is not None:
+        assert image_shape("m.onnx", shape) == taken
+        return
+    for stage, verb in (("train", "trained"), ("export", "exported")):
+        with pytest.raises(UserError) as error:
+            image_shape("m.onnx", shape, stage)
+        assert str(error.value) == (f"m.onnx takes inputs of shape {tuple(shape) if isinstance(shape, list) else shape}"
+                                    f", not images of (height, width, 1 or 3): it is not a model this pipeline {verb}; "
+                                    f"run `dvc repro --force {stage}`")
+    with pytest.raises(UserError, match="trained; run `dvc repro --force train`$"):
+        image_shape("m.onnx", shape)  # train's by default
+
+
+def test_check_fits_compares_the_image_shape_and_the_classes():
+    from types import SimpleNamespace
+
+    from mnist_cnn.model_files import check_fits
+    model = SimpleNamespace(input_shape=(None, 28, 28, 1), output_shape=(None, 3))
+    split = SimpleNamespace(folder="data/test", image_shape=(28, 28, 1), class_names=("a", "b", "c"))
+    check_fits(model, "m.keras", split)
+    for other in (SimpleNamespace(**{**vars(split), "class_names": ("a", "b")}),
+                  SimpleNamespace(**{**vars(split), "image_shape": (28, 28, 3)})):
+        with pytest.raises(UserError) as error:
+            check_fits(model, "m.keras", other)
+        assert str(error.value) == (f"m.keras does not fit data/test (model (None, 28, 28, 1) -> (None, 3), data "
+                                    f"{other.image_shape} with {len(other.class_names)} classes): run `dvc repro` to "
+                                    f"retrain")
+    with pytest.raises(UserError, match="takes inputs of shape"):
+        check_fits(SimpleNamespace(input_shape=(None, 784), output_shape=(None, 3)), "m.keras", split)

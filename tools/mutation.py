@@ -33,14 +33,17 @@ TARGET = 0.90  # the least share of mutants killed in every module
 # A folder where a test's subprocesses leave the names of the mutated functions they ran (stats run only)
 HITS_ENV = "MNIST_CNN_MUTATION_HITS"
 
+# Leave out the tests that train a model first (the trained_run fixture): a mutant's run would take a minute
+WITHOUT_TRAINING = {"extra_args": ["--without-fixture", "trained_run"]}
 # module name: (its file, the fast tests that exercise it[, mutmut settings of its own])
 MODULES = {
     "prepare": ("mnist_cnn/prepare.py", ["tests/test_prepare.py", "tests/test_streaming.py",
                                          "tests/test_preprocess.py"]),
     "check_reproduction": ("tools/check_reproduction.py", ["tests/test_check_reproduction.py"]),
-    "model_files": ("mnist_cnn/model_files.py", ["tests/test_files.py", "tests/test_evaluate.py"]),
-    "streaming": ("mnist_cnn/streaming.py", ["tests/test_streaming.py"]),
-    "evaluate": ("stages/evaluate.py", ["tests/test_evaluate.py", "tests/test_streaming.py", "tests/test_shards.py"]),
+    "model_files": ("mnist_cnn/model_files.py", ["tests/test_files.py", "tests/test_evaluate.py"], WITHOUT_TRAINING),
+    "streaming": ("mnist_cnn/streaming.py", ["tests/test_streaming.py"], WITHOUT_TRAINING),
+    "evaluate": ("stages/evaluate.py", ["tests/test_evaluate.py", "tests/test_streaming.py", "tests/test_shards.py"],
+                 WITHOUT_TRAINING),
     "image_folders": ("mnist_cnn/image_folders.py", ["tests/test_download.py"]),
     "preprocess": ("stages/preprocess.py", ["tests/test_preprocess.py", "tests/test_shards.py",
                                             "tests/test_streaming.py"]),
@@ -62,13 +65,17 @@ SOURCES = ["mnist_cnn", "stages", "tools"]
 
 
 def mutmut_config(path, tests, settings=None):
-    """The [tool.mutmut] table for one module: mutate path, run tests without xdist or slow ones."""
+    """The [tool.mutmut] table for one module: mutate path, run tests without xdist or slow ones. settings: mutmut
+    settings of the module's own, and extra_args, more pytest arguments."""
+    settings = dict(settings or {})
+    extra_args = settings.pop("extra_args", [])
     return {**{"source_paths": SOURCES, "only_mutate": [path], "also_copy": ALSO_COPY,
-            "pytest_add_cli_args": ["-n", "0", "-m", "not slow", "-p", "tools.mutation", "-p", "no:cacheprovider"],
+            "pytest_add_cli_args": ["-n", "0", "-m", "not slow", "-p", "tools.mutation", "-p", "no:cacheprovider",
+                                    *extra_args],
             "pytest_add_cli_args_test_selection": tests,
             # each mutant in a process forked from one that imported the tests but ran none: forked from a process
             # where TensorFlow had run, a mutant's process hangs on its thread pools' locks
-            "process_isolation": "forkserver", "forkserver_warmup": "collect"}, **(settings or {})}
+            "process_isolation": "forkserver", "forkserver_warmup": "collect"}, **settings}
 
 
 def toml(table):
@@ -128,6 +135,20 @@ def record_hits_in_subprocess():
                 f.write(name + "\n")
 
     trampoline.record_trampoline_hit = record
+
+
+def pytest_addoption(parser):
+    """--without-fixture NAME: leave out the tests that use the fixture NAME (a pytest plugin: -p tools.mutation)."""
+    parser.addoption("--without-fixture", action="append", default=[], help="leave out the tests using this fixture")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the tests that use a fixture named by --without-fixture."""
+    unwanted = set(config.getoption("--without-fixture"))
+    left_out = [item for item in items if unwanted & set(getattr(item, "fixturenames", ()))]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
 
 
 @pytest.hookimpl(tryfirst=True)  # before mutmut's own hook, which files this test's hits
@@ -228,6 +249,8 @@ def write_report(seconds):
                 modules[name] = previous[name]
             continue
         counts["seconds"] = round(seconds[name]) if name in seconds else previous.get(name, {}).get("seconds")
+        if "before" in previous.get(name, {}):  # the first measure, kept for comparison
+            counts["before"] = previous[name]["before"]
         modules[name] = counts
     from importlib.metadata import version
 
@@ -252,6 +275,13 @@ def render(modules):
     for name, c in modules.items():
         lines.append(f"| {MODULES[name][0]} | {c['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                      f"{c['equivalent']} | {c['no tests']} | {c['score']:.1%} | {c['seconds']} |")
+    before = {name: c["before"] for name, c in modules.items() if "before" in c}
+    if before:
+        lines += ["", "Before the tests that mutation testing led to (same tool and settings, the tests as they were):",
+                  "", "| module | mutants | killed | timed out | survived | no tests | score | seconds |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {MODULES[name][0]} | {b['mutants']} | {b['killed']} | {b['timeout']} | {b['survived']} | "
+                  f"{b['no tests']} | {b['score']:.1%} | {b['seconds']} |" for name, b in before.items()]
     return "\n".join(lines) + "\n"
 
 
