@@ -15,6 +15,7 @@ It is not part of pytest: tests/test_mutation.py checks only that this runner is
 """
 import argparse
 import filecmp
+import importlib
 import json
 import os
 import shutil
@@ -48,8 +49,9 @@ MODULES = {
     "preprocess": ("stages/preprocess.py", ["tests/test_preprocess.py", "tests/test_shards.py",
                                             "tests/test_streaming.py"]),
     "predict": ("mnist_cnn/predict.py", ["tests/test_predict.py"]),
-    # PARAMS_SCHEMA is built by calls at import time: each mutant's process imports the code afresh
-    "params": ("mnist_cnn/params.py", ["tests/test_params.py"], {"forkserver_warmup": "none"}),
+    # PARAMS_SCHEMA is built by calls at import time, before a mutant is switched on: built again after
+    "params": ("mnist_cnn/params.py", ["tests/test_params.py"],
+               {"extra_args": ["--rebuild", "mnist_cnn.params:PARAMS_SCHEMA"]}),
     "files": ("mnist_cnn/files.py", ["tests/test_files.py", "tests/test_shards.py", "tests/test_preprocess.py",
                                      "tests/test_download.py"]),
     "shards": ("mnist_cnn/shards.py", ["tests/test_shards.py", "tests/test_streaming.py", "tests/test_preprocess.py",
@@ -140,6 +142,23 @@ def record_hits_in_subprocess():
 def pytest_addoption(parser):
     """--without-fixture NAME: leave out the tests that use the fixture NAME (a pytest plugin: -p tools.mutation)."""
     parser.addoption("--without-fixture", action="append", default=[], help="leave out the tests using this fixture")
+    parser.addoption("--rebuild", action="append", default=[], help="MODULE:NAME, a dict built at import")
+
+
+def pytest_configure(config):
+    """--rebuild MODULE:NAME: with a mutant of MODULE on, run MODULE's code again and refill its dict NAME in place,
+    so that what it built at import (PARAMS_SCHEMA's validators) is built by the mutant, wherever it is held."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    for target in config.getoption("--rebuild"):
+        module_name, _, name = target.partition(":")
+        if mutant.startswith(module_name + "."):
+            module = importlib.import_module(module_name)
+            held = getattr(module, name)
+            importlib.reload(module)
+            rebuilt = getattr(module, name)
+            held.clear()
+            held.update(rebuilt)
+            setattr(module, name, held)
 
 
 def pytest_collection_modifyitems(config, items):
