@@ -241,3 +241,57 @@ def test_a_lab_tiff_is_read_as_its_lightness_or_converted_to_rgb(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "lab.tif", colour=True), rgb, atol=2)
     lightness = read_image(tmp_path / "lab.tif")
     assert lightness[0, 0] == 0 and 110 < lightness[15, 15] < 130  # CIE L* of that red: 48 of 100
+
+
+def test_a_colour_image_is_resized_with_lanczos_keeping_its_aspect_and_centred():
+    """A 10x20 image becomes 14x28 (Pillow's LANCZOS, computed here apart) in rows 7 to 20 of a black frame."""
+    pixels = np.random.default_rng(5).integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    expected = np.zeros((28, 28, 3), np.float32)
+    expected[7:21] = np.asarray(Image.fromarray(pixels).resize((28, 14), Image.Resampling.LANCZOS), np.float32) / 255
+    np.testing.assert_array_equal(fit_colour(pixels, 28), expected)
+    thin = fit_colour(np.full((2, 200, 3), 255, np.uint8), 28)  # 0.28 pixels high: one row, not none
+    assert [int(row.any()) for row in thin.any(axis=2)] == [0] * 13 + [1] + [0] * 14
+    assert thin.any(axis=(0, 2)).all()
+    tall = fit_colour(np.full((200, 2, 3), 255, np.uint8), 28)
+    assert [int(column.any()) for column in tall.any(axis=(0, 2))] == [0] * 13 + [1] + [0] * 14
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (5, 5, 4), (1, 5, 3), (5, 1, 3), (5, 5, 1)])
+def test_what_is_not_a_colour_image_of_2x2_or_more_is_refused(shape):
+    with pytest.raises(BadImage) as error:
+        fit_colour(np.full(shape, 128, np.uint8), 28)
+    assert str(error.value) == f"an image of shape {shape} is not a colour image of 2x2 pixels or more"
+    assert fit_colour(np.full((2, 2, 3), 128, np.uint8), 28).shape == (28, 28, 3)  # the smallest taken
+
+
+def test_a_path_that_is_not_utf_8_prints_its_bytes_as_escapes():
+    from mnist_cnn.images import printable
+    assert printable("digits/\udcff\udcfeseven.png") == "digits/\\xff\\xfeseven.png"  # os.listdir's surrogates
+    assert printable("chiffres/sept-été.png") == "chiffres/sept-été.png"
+
+
+@pytest.mark.parametrize("array, rgb", [
+    (np.array([[0, 65535], [32768, 1]], np.uint16), np.array([[0, 65535], [32768, 1]]) * 255 / 65535),  # I;16
+    (np.array([[0, 1], [0.5, 0.25]], np.float32), np.array([[0, 255], [127.5, 63.75]])),  # F in [0, 1]
+    (np.array([[0, 1.5], [0.5, 0.25]], np.float32), np.array([[0, 1.5], [0.5, 0.25]])),  # F past 1: 0-255
+    (np.array([[0, 1000], [-5, 250]], np.float32), np.array([[0, 255], [0, 63.75]])),  # F past 255: its peak
+    (np.array([[0, 1], [1, 0]], np.int32), np.array([[0, 1], [1, 0]])),  # I: 0-255 whatever its peak
+    (np.array([[0, 200], [100, 0]], np.int32), np.array([[0, 200], [100, 0]])),
+])
+def test_high_depth_images_are_scaled_to_0_255_for_colour_and_kept_exact_for_grayscale(tmp_path, array, rgb):
+    Image.fromarray(array).save(tmp_path / "deep.tif")
+    grey, colour = read_image(tmp_path / "deep.tif"), read_image(tmp_path / "deep.tif", colour=True)
+    assert grey.dtype == colour.dtype == np.float32
+    np.testing.assert_array_equal(grey, array.astype(np.float32))
+    np.testing.assert_allclose(colour, np.repeat(rgb[..., None], 3, axis=2), rtol=1e-6)
+
+
+def test_a_float_image_with_nan_and_an_error_without_text_are_one_line(tmp_path):
+    from mnist_cnn.images import _first_line
+    Image.fromarray(np.array([[0, np.nan], [1, 1]], np.float32)).save(tmp_path / "nan.tif")
+    for colour in (False, True):
+        with pytest.raises(BadImage) as error:
+            read_image(tmp_path / "nan.tif", colour)
+        assert str(error.value) == "NaN or infinite pixel values"
+    assert (_first_line(ValueError()), _first_line(ValueError(" \n")), _first_line(OSError("a\nb"))) == (
+        "no detail", "no detail", "a")
