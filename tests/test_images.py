@@ -295,3 +295,45 @@ def test_a_float_image_with_nan_and_an_error_without_text_are_one_line(tmp_path)
         assert str(error.value) == "NaN or infinite pixel values"
     assert (_first_line(ValueError()), _first_line(ValueError(" \n")), _first_line(OSError("a\nb"))) == (
         "no detail", "no detail", "a")
+
+
+def test_brightness_weighs_red_green_and_blue_as_itu_r_601_2():
+    """Three strokes, red, green and blue, on black: each as bright as 0.299 R + 0.587 G + 0.114 B says, in float32."""
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[4:24, 5:8, 0], rgb[4:24, 12:15, 1], rgb[4:24, 19:22, 2] = 250, 200, 230
+    luma = rgb.astype(np.float32) @ np.array([299, 587, 114], np.float32) / 1000
+    np.testing.assert_array_equal(to_model_image(rgb), mnist_style(luma))
+    brightness = Image.fromarray(rgb).convert("L")  # Pillow's own, rounded to integers
+    np.testing.assert_allclose(to_model_image(rgb), mnist_style(np.asarray(brightness)), atol=0.02)
+
+
+@pytest.mark.parametrize("pixels, message", [
+    (np.ones((5, 5), np.complex64), "pixels of type complex64; expected numbers"),
+    (np.full((5, 5), "7"), "pixels of type <U1; expected numbers"),
+    (np.array([[0, 1], [np.inf, 1]]), "NaN or infinite pixel values"),
+])
+def test_an_array_that_is_not_finite_real_numbers_is_refused(pixels, message):
+    with pytest.raises(BadImage) as error:
+        to_model_image(pixels)
+    assert str(error.value) == message
+
+
+def test_the_border_is_the_outer_ring_of_pixels_each_once():
+    from mnist_cnn.images import _border
+    pixels = np.arange(20).reshape(4, 5)
+    assert _border(pixels).tolist() == [0, 1, 2, 3, 4, 15, 16, 17, 18, 19, 5, 10, 9, 14]
+
+
+@pytest.mark.parametrize("shape, text", [((1, 5), "5x1"), ((5, 1), "1x5"), ((6,), "0x6"), ((2, 2, 2), "0x2")])
+def test_an_array_too_small_or_not_2d_is_refused_in_its_size(shape, text):
+    with pytest.raises(BadImage) as error:
+        mnist_style(np.ones(shape))
+    assert str(error.value) == f"{text} pixels is too small to hold a digit"
+
+
+def test_a_2x2_image_is_the_smallest_taken_and_a_tie_is_not_inverted():
+    assert mnist_style(np.array([[0, 255], [0, 0]])).max() == 1
+    # the border's median (5) equals the mean: light ink (the 10s, top and right) on a dark background, kept
+    pixels = np.array([[10, 10, 10, 10], [0, 5, 5, 10], [0, 5, 5, 10], [0, 0, 0, 0]], np.float32)
+    out = mnist_style(pixels)
+    assert out[:14, 14:].sum() > 2 * out[14:, :14].sum()
