@@ -337,3 +337,36 @@ def test_a_2x2_image_is_the_smallest_taken_and_a_tie_is_not_inverted():
     pixels = np.array([[10, 10, 10, 10], [0, 5, 5, 10], [0, 5, 5, 10], [0, 0, 0, 0]], np.float32)
     out = mnist_style(pixels)
     assert out[:14, 14:].sum() > 2 * out[14:, :14].sum()
+
+
+def test_a_rectangle_of_ink_becomes_20_pixels_high_centred_by_its_mass():
+    """A 40x20 bar on a 60x40 frame: cropped to the bar, scaled by 1/2 to 20x10, its centre of mass (9.5, 4.5) put at
+    (14, 14): rows 4 to 23 (Python rounds 4.5 to 4), columns 10 to 19. A smudge at exactly the ink threshold (a fifth
+    of the contrast) and one fainter are not ink, and neither moves the crop."""
+    expected = np.zeros((28, 28), np.float32)
+    expected[4:24, 10:20] = 1
+    for background, ink in ((0, 255), (255, 0), (50, 250)):
+        pixels = np.full((60, 40), background, np.float32)
+        pixels[10:50, 10:30] = ink
+        pixels[55, 35] = pixels[2, 2] = background + (ink - background) * 0.2  # at the threshold: not ink
+        pixels[5, 5] = background + (ink - background) * 0.1
+        np.testing.assert_allclose(mnist_style(pixels), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("background, ink, taken", [(200, 209, False), (200, 210, True), (0, 0.07, True),
+                                                    (0, 0, False)])
+def test_ink_fainter_than_a_twentieth_of_the_background_is_no_ink(background, ink, taken):
+    pixels = np.full((20, 20), background, np.float32)
+    pixels[5:15, 8:12] = ink
+    if taken:
+        assert mnist_style(pixels).max() == 1
+        return
+    with pytest.raises(BadImage, match="^no ink: the image is blank"):
+        mnist_style(pixels)
+
+
+@pytest.mark.parametrize("shape, axis", [((40, 1), 0), ((1, 40), 1)])
+def test_a_one_pixel_line_stays_one_pixel_wide(shape, axis):
+    pixels = np.zeros((50, 50), np.float32)
+    pixels[5:5 + shape[0], 5:5 + shape[1]] = 255
+    assert mnist_style(pixels).any(axis=axis).sum() == 1

@@ -98,6 +98,9 @@ def prepare_workdir(name):
             os.remove(link)
         if os.path.lexists(os.path.join(REPO, entry)):
             os.symlink(os.path.join(REPO, entry), link)
+    shared = os.path.join(os.path.dirname(REPO), "shared")  # real MNIST for the tests that use it, as conftest finds it
+    if os.path.isdir(shared) and not os.path.lexists(os.path.join(workdir, "shared")):
+        os.symlink(shared, os.path.join(workdir, "shared"))
     forget_stale_copies(workdir, path)
     with open(os.path.join(workdir, "pyproject.toml"), "w") as f:
         f.write(toml(mutmut_config(*MODULES[name])))
