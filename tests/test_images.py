@@ -370,3 +370,17 @@ def test_a_one_pixel_line_stays_one_pixel_wide(shape, axis):
     pixels = np.zeros((50, 50), np.float32)
     pixels[5:5 + shape[0], 5:5 + shape[1]] = 255
     assert mnist_style(pixels).any(axis=axis).sum() == 1
+
+
+def test_a_digit_heavy_on_one_side_is_pushed_back_inside_the_frame():
+    """Centred by its mass, a digit heavy at one end would leave the 28x28 frame at the other: it is moved back to
+    touch that edge (a block at the top: the bar's foot on the bottom edge)."""
+    cases = {"top": (np.s_[:, 19:21], np.s_[:10, 10:30], np.s_[-1]),
+             "bottom": (np.s_[:, 19:21], np.s_[30:, 10:30], np.s_[0]),
+             "left": (np.s_[19:21, :], np.s_[10:30, :10], np.s_[:, -1]),
+             "right": (np.s_[19:21, :], np.s_[10:30, 30:], np.s_[:, 0])}
+    for side, (bar, block, edge) in cases.items():
+        pixels = np.zeros((40, 40), np.float32)
+        pixels[bar] = 255  # a long bar with a block at one end: its centre of mass far from the middle
+        pixels[block] = 255
+        assert mnist_style(pixels)[edge].any(), side
