@@ -47,7 +47,7 @@ MODULES = {
                  WITHOUT_TRAINING),
     "image_folders": ("mnist_cnn/image_folders.py", ["tests/test_download.py"]),
     "preprocess": ("stages/preprocess.py", ["tests/test_preprocess.py", "tests/test_shards.py",
-                                            "tests/test_streaming.py"]),
+                                            "tests/test_streaming.py"], WITHOUT_TRAINING),
     "predict": ("mnist_cnn/predict.py", ["tests/test_predict.py"]),
     # PARAMS_SCHEMA is built by calls at import time, before a mutant is switched on: built again after
     "params": ("mnist_cnn/params.py", ["tests/test_params.py"],
@@ -55,7 +55,7 @@ MODULES = {
     "files": ("mnist_cnn/files.py", ["tests/test_files.py", "tests/test_shards.py", "tests/test_preprocess.py",
                                      "tests/test_download.py"]),
     "shards": ("mnist_cnn/shards.py", ["tests/test_shards.py", "tests/test_streaming.py", "tests/test_preprocess.py",
-                                       "tests/test_evaluate.py"]),
+                                       "tests/test_prepare.py"], WITHOUT_TRAINING),
     "sources": ("mnist_cnn/sources.py", ["tests/test_download.py"]),
     "runtimes": ("mnist_cnn/runtimes.py", ["tests/test_predict.py", "tests/test_export.py"]),
     "images": ("mnist_cnn/images.py", ["tests/test_images.py"]),
