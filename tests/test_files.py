@@ -168,3 +168,86 @@ def test_check_fits_compares_the_image_shape_and_the_classes():
                                     f"retrain")
     with pytest.raises(UserError, match="takes inputs of shape"):
         check_fits(SimpleNamespace(input_shape=(None, 784), output_shape=(None, 3)), "m.keras", split)
+
+
+def test_an_npz_is_stored_members_of_fixed_date_and_mode_holding_contiguous_arrays(tmp_path):
+    import zipfile
+
+    from mnist_cnn.files import fixed_zip_member
+    member = fixed_zip_member("a.npy")
+    assert (member.filename, member.date_time, member.compress_type, member.external_attr) == (
+        "a.npy", (1980, 1, 1, 0, 0, 0), zipfile.ZIP_STORED, 0o644 << 16)
+    assert fixed_zip_member("b", zipfile.ZIP_DEFLATED).compress_type == zipfile.ZIP_DEFLATED
+    strided = np.arange(24, dtype=np.int16).reshape(4, 6)[:, ::2]  # not contiguous: written as its values
+    write_npz(tmp_path / "a.npz", {"x": strided, "y": np.array([1.5])})
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        infos = archive.infolist()
+    assert [(i.filename, i.date_time, i.compress_type, i.external_attr >> 16) for i in infos] == [
+        ("x.npy", (1980, 1, 1, 0, 0, 0), zipfile.ZIP_STORED, 0o644), ("y.npy", (1980, 1, 1, 0, 0, 0), 0, 0o644)]
+    assert read_arrays(tmp_path / "a.npz")["x"].tolist() == strided.tolist()
+    with pytest.raises(ValueError):
+        write_npz(tmp_path / "objects.npz", {"x": np.array([{"a": 1}], dtype=object)})  # no pickles written
+    assert not (tmp_path / "objects.npz").exists()
+
+
+def test_array_headers_are_read_alone_and_a_header_claiming_more_than_the_file_holds_is_refused(tmp_path):
+    import io
+    import zipfile
+
+    from mnist_cnn.files import array_shapes, check_array_header
+    write_npz(tmp_path / "a.npz", {"x": np.zeros((3, 4), np.uint8), "names": np.array(["a", "bc"])})
+    assert array_shapes(tmp_path / "a.npz") == {"x": ((3, 4), np.dtype(np.uint8)), "names": ((2,), np.dtype("<U2"))}
+    for version in ((1, 0), (2, 0)):
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.zeros((2, 3), np.float32), version=version)
+        buffer.seek(0)
+        assert check_array_header(buffer, len(buffer.getvalue()), "v.npy") == ((2, 3), np.dtype(np.float32))
+        buffer.seek(0)
+        with pytest.raises(ValueError) as error:
+            check_array_header(buffer, len(buffer.getvalue()) - 1, "v.npy")
+        assert str(error.value) == "v.npy claims shape (2, 3) of float32 (24 bytes) but holds 23 bytes"
+        buffer.seek(0)
+        with pytest.raises(ValueError, match=r"^v.npy claims shape \(2, 3\) of float32 \(24 bytes\) but holds 0 "):
+            check_array_header(buffer, 10, "v.npy")  # less than the header itself: none left for the data
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"shape": (10**6, 10**6), "fortran_order": False,
+                                                      "descr": "<f8"})
+        archive.writestr("x.npy", header.getvalue() + b"\0" * 64)
+    for read in (array_shapes, read_arrays):
+        with pytest.raises(ValueError) as error:
+            read(tmp_path / "huge.npz")
+        assert str(error.value) == "x.npy claims shape (1000000, 1000000) of float64 (8,000,000,000,000 bytes) but " \
+                                   "holds 64 bytes"
+    (tmp_path / "not.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="^File is not a zip file$"):
+        array_shapes(tmp_path / "not.npz")
+
+
+def test_read_arrays_takes_the_names_asked_for_and_an_npy_alone(tmp_path):
+    write_npz(tmp_path / "a.npz", {"x": np.arange(3), "y": np.arange(2), "z": np.zeros(1)})
+    assert {k: v.tolist() for k, v in read_arrays(tmp_path / "a.npz", ("y", "z")).items()} == {"y": [0, 1], "z": [0]}
+    assert list(read_arrays(tmp_path / "a.npz")) == ["x", "y", "z"]
+    np.save(tmp_path / "b.npy", np.arange(4))
+    assert {k: v.tolist() for k, v in read_arrays(tmp_path / "b.npy").items()} == {None: [0, 1, 2, 3]}
+    np.save(tmp_path / "cut.npy", np.arange(1000))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"^cut.npy claims shape \(1000,\) of int64 \(8,000 bytes\) but holds 72 "):
+        read_arrays(tmp_path / "cut.npy")
+
+
+def test_load_npz_and_write_json_in_their_exact_words(tmp_path):
+    import json
+
+    from mnist_cnn.files import write_json
+    with pytest.raises(UserError) as error:
+        load_npz(tmp_path / "x.npz")
+    assert str(error.value) == f"{tmp_path / 'x.npz'} not found: run `dvc repro` to create it"
+    (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(UserError) as error:
+        load_npz(tmp_path / "x.npz", "dvc repro download")
+    assert str(error.value) == (f"{tmp_path / 'x.npz'} is not a readable .npz file (File is not a zip file): delete it "
+                                f"and run `dvc repro download`")
+    write_json(tmp_path / "m.json", {"accuracy": 0.5, "names": ["a"]})
+    assert (tmp_path / "m.json").read_text() == '{\n  "accuracy": 0.5,\n  "names": [\n    "a"\n  ]\n}\n'
+    assert json.loads((tmp_path / "m.json").read_text()) == {"accuracy": 0.5, "names": ["a"]}
