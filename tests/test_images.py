@@ -384,3 +384,98 @@ def test_a_digit_heavy_on_one_side_is_pushed_back_inside_the_frame():
         pixels[bar] = 255  # a long bar with a block at one end: its centre of mass far from the middle
         pixels[block] = 255
         assert mnist_style(pixels)[edge].any(), side
+
+
+def test_what_is_not_a_regular_file_is_named_exactly(tmp_path):
+    import os
+    import socket
+
+    from mnist_cnn.images import SpecialFile, check_regular_file
+
+    def refused(path, kind=BadImage):
+        with pytest.raises(kind) as error:
+            check_regular_file(str(path))
+        return str(error.value)
+
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    assert refused(tmp_path / "a") == "a symbolic link loop: remove the link"
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    assert refused(tmp_path / "dangling") == ("a dangling symbolic link (its target does not exist): remove it or "
+                                              "restore the target")
+    assert refused(tmp_path / "missing") == "no such file or folder"
+    (tmp_path / "file").write_bytes(b"1234")
+    assert refused(tmp_path / "file" / "below") == "cannot be read (Not a directory)"
+    assert refused(tmp_path) == "not a regular file but a folder: remove it or move it elsewhere"
+    os.mkfifo(tmp_path / "fifo")
+    assert refused(tmp_path / "fifo", SpecialFile) == ("not a regular file but a FIFO (named pipe): remove it or move "
+                                                       "it elsewhere")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "socket"))
+        assert refused(tmp_path / "socket", SpecialFile) == ("not a regular file but a socket: remove it or move it "
+                                                             "elsewhere")
+    assert refused("/dev/null", SpecialFile) == "not a regular file but a device: remove it or move it elsewhere"
+    assert check_regular_file(str(tmp_path / "file")).st_size == 4
+    os.symlink(tmp_path / "file", tmp_path / "link")
+    assert check_regular_file(str(tmp_path / "link")).st_size == 4  # a link to a file is the file
+
+
+def test_an_empty_file_and_a_one_byte_file_are_each_their_own_line(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "one.png").write_bytes(b"\x89")
+    with pytest.raises(BadImage, match="^empty file$"):
+        read_image(tmp_path / "empty.png")
+    with pytest.raises(BadImage, match="^not an image file in a format this project reads"):
+        read_image(tmp_path / "one.png")
+
+
+def test_decoding_keeps_grayscale_by_default_and_refuses_images_under_2x2(tmp_path):
+    rgb = np.zeros((6, 4, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    assert decode_image(str(tmp_path / "red.png")).shape == (6, 4)
+    assert decode_image(str(tmp_path / "red.png"), colour=True).shape == (6, 4, 3)
+    for width, height in ((1, 5), (5, 1), (1, 1)):
+        Image.new("L", (width, height)).save(tmp_path / "small.png")
+        with pytest.raises(BadImage) as error:
+            read_image(tmp_path / "small.png")
+        assert str(error.value) == f"{width}x{height} pixels is too small to hold a digit"
+    Image.new("L", (2, 2)).save(tmp_path / "two.png")
+    assert read_image(tmp_path / "two.png").shape == (2, 2)
+
+
+@pytest.mark.parametrize("side, decoded", [(1024, 512), (1023, 1023)])
+def test_a_jpeg_twice_the_draft_side_or_more_is_decoded_at_half_size(tmp_path, side, decoded):
+    Image.new("RGB", (side, side), (90, 160, 30)).save(tmp_path / "big.jpg")
+    Image.new("RGB", (side, side), (90, 160, 30)).save(tmp_path / "big.mpo", "MPO")
+    for name in ("big.jpg", "big.mpo"):
+        assert read_image(tmp_path / name).shape == (decoded, decoded)
+        assert read_image(tmp_path / name, colour=True).shape == (decoded, decoded, 3)
+
+
+def test_transparent_pixels_are_laid_on_white_in_every_mode_with_alpha():
+    from mnist_cnn.images import _decoded
+    for mode in ("RGBA", "LA", "PA", "RGBa"):  # not La: Pillow converts it to nothing, and no file opens as La
+        image = Image.new(mode, (2, 2))  # black, fully transparent
+        assert np.asarray(_decoded(image, False)).tolist() == [[255, 255], [255, 255]], mode
+        assert np.asarray(_decoded(Image.new(mode, (2, 2)), True)).tolist() == [[[255] * 3] * 2] * 2, mode
+    half = Image.new("RGBA", (2, 2), (0, 0, 0, 128))
+    assert np.asarray(_decoded(half, False)).tolist() == [[127, 127], [127, 127]]
+    palette = Image.new("P", (2, 2))
+    palette.info["transparency"] = 0
+    assert np.asarray(_decoded(palette, False)).tolist() == [[255, 255], [255, 255]]
+    assert np.asarray(_decoded(Image.new("P", (2, 2)), False)).tolist() == [[0, 0], [0, 0]]  # opaque: as it is
+
+
+def test_high_depth_modes_are_kept_and_others_converted_or_refused(monkeypatch):
+    from mnist_cnn.images import _decoded
+    for mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        assert _decoded(Image.new(mode, (2, 2)), False).mode == mode
+    assert _decoded(Image.new("CMYK", (2, 2), (0, 0, 0, 255)), False).mode == "L"
+    assert _decoded(Image.new("CMYK", (2, 2), (0, 0, 0, 255)), True).mode == "RGB"
+    def unsupported(image, mode):
+        raise ValueError(f"conversion from {image.mode} to {mode} not supported")
+    monkeypatch.setattr(Image.Image, "convert", unsupported)  # what Pillow says of a mode it cannot convert
+    with pytest.raises(BadImage) as error:
+        _decoded(Image.new("HSV", (2, 2)), False)
+    assert str(error.value) == "pixels in mode HSV, which this project does not convert: save it as RGB or grayscale"
