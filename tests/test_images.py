@@ -272,6 +272,7 @@ def test_a_path_that_is_not_utf_8_prints_its_bytes_as_escapes():
 
 @pytest.mark.parametrize("array, rgb", [
     (np.array([[0, 65535], [32768, 1]], np.uint16), np.array([[0, 65535], [32768, 1]]) * 255 / 65535),  # I;16
+    (np.array([[0, 1000], [500, 1]], np.uint16), np.array([[0, 1000], [500, 1]]) * 255 / 65535),  # of its range
     (np.array([[0, 1], [0.5, 0.25]], np.float32), np.array([[0, 255], [127.5, 63.75]])),  # F in [0, 1]
     (np.array([[0, 1.5], [0.5, 0.25]], np.float32), np.array([[0, 1.5], [0.5, 0.25]])),  # F past 1: 0-255
     (np.array([[0, 1000], [-5, 250]], np.float32), np.array([[0, 255], [0, 63.75]])),  # F past 255: its peak
@@ -303,6 +304,10 @@ def test_brightness_weighs_red_green_and_blue_as_itu_r_601_2():
     rgb[4:24, 5:8, 0], rgb[4:24, 12:15, 1], rgb[4:24, 19:22, 2] = 250, 200, 230
     luma = rgb.astype(np.float32) @ np.array([299, 587, 114], np.float32) / 1000
     np.testing.assert_array_equal(to_model_image(rgb), mnist_style(luma))
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28, 3)).astype(np.uint8)  # sums rounded in float32
+    np.testing.assert_array_equal(to_model_image(noise), mnist_style(noise.astype(np.float32) @ np.array(
+        [0.299, 0.587, 0.114], np.float32)))
+    assert to_model_image(noise, 20).shape == (20, 20) and to_model_image(noise, 20, colour=True).shape == (20, 20, 3)
     brightness = Image.fromarray(rgb).convert("L")  # Pillow's own, rounded to integers
     np.testing.assert_allclose(to_model_image(rgb), mnist_style(np.asarray(brightness)), atol=0.02)
 
@@ -479,3 +484,78 @@ def test_high_depth_modes_are_kept_and_others_converted_or_refused(monkeypatch):
     with pytest.raises(BadImage) as error:
         _decoded(Image.new("HSV", (2, 2)), False)
     assert str(error.value) == "pixels in mode HSV, which this project does not convert: save it as RGB or grayscale"
+
+
+def test_pixels_outside_0_255_are_clipped_before_a_colour_image_is_resized():
+    wild = np.array([[[-50, 300, 256]] * 4] * 4, np.float32)
+    np.testing.assert_array_equal(fit_colour(wild, 8), fit_colour(np.clip(wild, 0, 255), 8))
+    assert fit_colour(wild, 8)[0, 0].tolist() == [0, 1, 1]
+
+
+def test_a_file_read_as_grayscale_is_its_own_luma_and_float32(tmp_path):
+    """A colour JPEG read as grayscale: from 1024 pixels on, decoded as its luma channel at half size, as libjpeg gives
+    it; below, decoded whole. Read as colour, its channels stay apart. Every image comes back as float32."""
+    rng = np.random.default_rng(2)
+    for side in (300, 1024):
+        rgb = np.repeat(np.repeat(rng.integers(0, 256, (side // 4, side // 4, 3), dtype=np.uint8), 4, 0), 4, 1)
+        Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=90)
+        with Image.open(tmp_path / "c.jpg") as image:
+            if side >= 1024:  # libjpeg's own luma at half size; below, the decoded colours' brightness
+                image.draft("L", (512, 512))
+            luma = np.asarray(image.convert("L"), np.float32)
+        grey, colour = read_image(tmp_path / "c.jpg"), read_image(tmp_path / "c.jpg", colour=True)
+        np.testing.assert_array_equal(grey, luma)
+        assert grey.dtype == colour.dtype == np.float32
+        assert not np.array_equal(colour[..., 0], colour[..., 1])
+    Image.fromarray(rgb[:8, :8, 0]).save(tmp_path / "g.png")
+    assert read_image(tmp_path / "g.png").dtype == np.float32
+
+
+def test_a_multi_frame_mpo_is_drafted_like_a_jpeg(tmp_path):
+    frames = [Image.new("RGB", (1024, 1024), (90, 160, 30)), Image.new("RGB", (1024, 1024), (30, 60, 90))]
+    frames[0].save(tmp_path / "stereo.mpo", "MPO", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "stereo.mpo") as image:
+        assert image.format == "MPO"
+    assert read_image(tmp_path / "stereo.mpo").shape == (512, 512)
+
+
+def test_an_image_of_exactly_the_pixel_budget_is_read(tmp_path):
+    from mnist_cnn.images import MAX_PIXELS
+    Image.new("L", (4000, MAX_PIXELS // 4000)).save(tmp_path / "budget.png")
+    assert read_image(tmp_path / "budget.png").shape == (4000, 4000)
+
+
+def test_a_transparent_colour_of_an_rgb_image_is_not_alpha():
+    from mnist_cnn.images import _decoded
+    image = Image.new("RGB", (2, 2))
+    image.info["transparency"] = (0, 0, 0)  # a PNG's tRNS for RGB: kept black, as before
+    assert np.asarray(_decoded(image, False)).tolist() == [[0, 0], [0, 0]]
+
+
+class Unreadable(io.BytesIO):
+    """A file object whose reads fail as `error` says."""
+    def __init__(self, error):
+        super().__init__(b"")
+        self.error = error
+
+    def read(self, *args):
+        raise self.error
+
+
+def test_a_file_that_cannot_be_read_or_is_too_large_is_one_line(tmp_path):
+    import struct
+    import zlib
+    for error, message in ((PermissionError(13, "Permission denied"), "permission denied: make the file readable"),
+                           (MemoryError(), "too large to decode in the memory available; scale it down")):
+        with pytest.raises(BadImage) as raised:
+            decode_image(Unreadable(error))
+        assert str(raised.value) == message
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)  # 400 megapixels claimed, nothing more
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b""))
+    with pytest.raises(BadImage) as raised:
+        read_image(tmp_path / "bomb.png")
+    assert str(raised.value) == (f"over the limit of 16,000,000 pixels (its header claims over "
+                                 f"{2 * Image.MAX_IMAGE_PIXELS:,}); scale it down")
+    assert f"{2 * Image.MAX_IMAGE_PIXELS:,}" == "178,956,970"
