@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_stage
+from conftest import run_stage, write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import write_json
 from mnist_cnn.shards import open_split, read_all, read_labels, write_split
@@ -125,6 +125,65 @@ def evaluate_in(workdir, model, test, classes=False):
     from stages import evaluate
     evaluate.main([str(model), str(test), str(workdir / "m.json"), str(workdir / "p.csv")]
                   + ([str(workdir / "c.csv"), str(workdir / "r.csv")] if classes else []))
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """A model of fixed random weights for the tiny data, saved: it evaluates in a second, without a training."""
+    import keras
+
+    from mnist_cnn.model_files import save_model
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax", kernel_initializer="random_normal")])
+    path = tmp_path_factory.mktemp("untrained") / "model.keras"
+    save_model(model, path)
+    return path
+
+
+def test_metrics_predictions_and_classes_agree_with_the_models_own_outputs(untrained, processed_dir, workdir, capsys):
+    """Accuracy, loss, predictions.csv and the class table recomputed by hand from model.predict on the split."""
+    from mnist_cnn.model_files import load_model
+    from mnist_cnn.prepare import read_split
+    write_params(workdir, evaluate__batch_size=7)  # 100 test images: 14 batches and a last one of 2
+    evaluate_in(workdir, untrained, processed_dir / "test", classes=True)
+    x, y, names = read_split(processed_dir / "test")
+    probabilities = load_model(untrained).predict(x, verbose=0).astype(np.float64)
+    predicted = probabilities.argmax(axis=1)
+    assert 0 < np.mean(predicted == y) < 1  # some right, some wrong
+    metrics = json.loads((workdir / "m.json").read_text())
+    assert list(metrics) == ["accuracy", "loss"] and metrics["accuracy"] == np.mean(predicted == y)
+    assert metrics["loss"] == pytest.approx(np.mean(-np.log(probabilities[np.arange(len(y)), y])), rel=1e-4)
+    with open(workdir / "p.csv") as f:
+        assert list(csv.reader(f)) == [["actual", "predicted"]] + [[names[a], names[b]] for a, b in zip(y, predicted)]
+    with open(workdir / "c.csv") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["class", "precision", "recall", "f1"] and [row[0] for row in table[1:]] == names
+    for k, (_, precision, recall, f1) in enumerate(table[1:]):
+        hits, claimed, actual = np.sum((predicted == k) & (y == k)), np.sum(predicted == k), np.sum(y == k)
+        assert float(precision) == pytest.approx(hits / claimed if claimed else 0.0)
+        assert float(recall) == pytest.approx(hits / actual)
+        assert float(f1) == pytest.approx(2 * hits / (claimed + actual))
+    assert capsys.readouterr().out == (f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+                                       f"on {len(y)} images\n")
+
+
+def test_a_model_that_does_not_fit_or_gives_nan_writes_nothing(untrained, processed_dir, workdir):
+    from mnist_cnn.model_files import load_model, save_model
+    x, y = read_all(open_split(processed_dir / "test"))
+    write_split(workdir / "three", x, y % 3, np.array(["a", "b", "c"]), 64)
+    with pytest.raises(UserError, match=r"model.keras does not fit .*three \(model \(None, 28, 28, 1\) -> "
+                                         r"\(None, 10\), data \(28, 28, 1\) with 3 classes\): run `dvc repro` to "
+                                         r"retrain"):
+        evaluate_in(workdir, untrained, workdir / "three")
+    model = load_model(untrained)
+    model.set_weights([np.full_like(w, np.inf) for w in model.get_weights()])
+    save_model(model, workdir / "inf.keras")
+    with pytest.raises(UserError) as error:
+        evaluate_in(workdir, workdir / "inf.keras", processed_dir / "test")
+    assert str(error.value) == (f"{workdir / 'inf.keras'} gives NaN or infinite probabilities (its weights are "
+                                f"broken): run `dvc repro --force train` to retrain it")
+    assert not (workdir / "m.json").exists() and not (workdir / "p.csv").exists()
 
 
 def test_a_model_with_broken_weights_writes_no_metrics(trained_run, workdir):

@@ -164,3 +164,68 @@ def test_stage_reports_bad_param_in_one_line_without_traceback(workdir):
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: data.val_split = 1.5 is not allowed; it must be < 1"]
     assert not (workdir / "out").exists()
+
+
+def test_each_kind_of_rule_at_its_bounds():
+    """The validators alone, at and just past each bound, open and closed, and with their defaults."""
+    from mnist_cnn.params import _choice, _int_list, _number, _path
+    closed = _number(1, 10, integer=True)
+    assert (closed(1), closed(10), closed(0), closed(11)) == (None, None, ">= 1", "<= 10")
+    assert (closed(2.0), closed(True), closed("3"), closed(None)) == ("an integer",) * 4
+    between = _number(0, 1, low_open=True, high_open=True)
+    assert (between(0), between(1), between(1e-9), between(1 - 1e-9), between(0.5)) == ("> 0", "< 1", None, None, None)
+    real = _number(0, 1)  # floats allowed, both bounds closed, None refused: the defaults
+    assert (real(0), real(1), real(0.25), real(False), real(None)) == (None, None, None, "a number", "a number")
+    assert (real(float("nan")), real(float("inf"))) == ("a finite number",) * 2
+    assert (_number()(-1e300), _number()(1e300)) == (None, None)  # no bounds: any finite number
+    nullable = _number(1, 5, integer=True, nullable=True)
+    assert (nullable(None), nullable(0), nullable(6)) == (None, ">= 1", "<= 5")
+    sizes = _int_list()  # 1 to 4096, any length
+    assert (sizes([1]), sizes([4096, 1, 7])) == (None, None)
+    refused = "a non-empty list of integers from 1 to 4096"
+    assert [sizes(v) for v in ([0], [4097], [], [True], [2.0], (1, 2), "12", None)] == [refused] * 8
+    pair = _int_list(2, low=5, high=6)
+    assert (pair([5, 6]), pair([5]), pair([5, 6, 6]), pair([4, 5])) == (
+        None, "a list of 2 integers", "a list of 2 integers", "a non-empty list of integers from 5 to 6")
+    assert (_choice("a", 1)("a"), _choice("a", 1)(1), _choice("a", 1)("b")) == (None, None, "one of a, 1")
+    assert (_path("data/own"), _path(" "), _path(""), _path(None), _path(3)) == (
+        None, *["a path (a non-empty string)"] * 4)
+
+
+def test_flatten_and_set_dotted_name_params_at_any_depth():
+    from mnist_cnn.params import set_dotted
+    tree = {"a": {"b": {"c": 1}, "d": [2]}, "e": 3}
+    assert flatten(tree) == {"a.b.c": 1, "a.d": [2], "e": 3}
+    assert flatten({"x": {"y": 1}}, "p.") == {"p.x.y": 1}
+    assert set_dotted(tree, {"a.b.c": 4, "e": 5, "a.f": 6}) is tree
+    assert tree == {"a": {"b": {"c": 4}, "d": [2], "f": 6}, "e": 5}
+
+
+def test_a_missing_broken_or_shapeless_params_file_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    with pytest.raises(UserError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path} not found: run the stages from the repository root (dvc repro does)"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(UserError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path} is not valid YAML (while parsing a flow sequence): fix the syntax"
+    path.write_text("- train\n- data\n")
+    with pytest.raises(UserError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path} must hold a mapping of sections (data, model, train, ...)"
+
+
+def test_an_unknown_or_missing_key_is_named_with_the_keys_known(workdir):
+    params = write_params(workdir)
+    params["seed2"] = 1
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError) as error:
+        load_params()
+    assert str(error.value) == "params.yaml: unknown key 'seed2'; known keys: " + ", ".join(PARAMS_SCHEMA)
+    assert ", data.dataset, data.path, " in str(error.value)
+    del params["seed2"], params["plot"]["dpi"]
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError) as error:
+        load_params()
+    assert str(error.value) == "params.yaml: missing key 'plot.dpi'; restore it from the repository's params.yaml"

@@ -144,3 +144,131 @@ def test_flipped_bytes_in_a_test_shard_are_one_line_and_never_a_hang(trained_run
         assert one_line(result) == ("error: test/part-00000.npz has changed since preprocess wrote it (its SHA-256 "
                                     "is not the one in manifest.json): delete test and run `dvc repro preprocess`")
         assert not (workdir / "m.json").exists() and not (workdir / "p.csv").exists()
+
+
+def tiny_split(folder, images=13):
+    """images 4x5 pixels, 3 to a shard (the last shorter), labels 0..2 named a, b, c; returns the folder."""
+    x = np.arange(images * 20, dtype=np.uint8).reshape(images, 4, 5, 1)
+    write_split(folder, x, np.arange(images) % 3, np.array(["a", "b", "c"]), shard_mb=60 / 2**20)
+    return folder
+
+
+def manifest_with(folder, change):
+    """Rewrite the split's manifest.json after change(manifest)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    change(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def entry(key, value):
+    return lambda manifest: manifest["shards"][1].__setitem__(key, value)
+
+
+REWRITE = "run `dvc repro preprocess`"
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.__setitem__("class_names", "abc"), lambda m: m.__setitem__("image_shape", [4, 5]),
+    lambda m: m.__setitem__("shards", []), entry("file", "part-1.npz"), entry("file", 3), entry("images", "3"),
+    entry("bytes", 3.0), entry("sha256", None)])
+def test_a_manifest_of_another_shape_is_one_line_naming_it(tmp_path, change):
+    folder = tiny_split(tmp_path / "split")
+    manifest_with(folder, change)
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value) == (f"{folder / MANIFEST} is not a manifest preprocess wrote: delete {folder} and "
+                                f"{REWRITE}")
+
+
+def test_each_way_a_split_can_differ_from_its_manifest_is_its_own_exact_line(tmp_path):
+    folder = tiny_split(tmp_path / "split")
+    split = open_split(folder)
+    assert (split.sizes, split.image_shape, split.class_names, split.images) == ((3, 3, 3, 3, 1), (4, 5, 1),
+                                                                                   ("a", "b", "c"), 13)
+    assert split.part(1, 2) == (split.files[1::2], 6) and split.part(0, 2) == (split.files[0::2], 7)
+    assert split.digests == tuple(hashlib.sha256((folder / f"part-0000{i}.npz").read_bytes()).hexdigest()
+                                  for i in range(5))
+    shard = folder / "part-00001.npz"
+
+    def refused(expected):
+        with pytest.raises(UserError) as error:
+            open_split(folder)
+        assert str(error.value) == expected
+
+    refused_missing = tmp_path / "none"
+    with pytest.raises(UserError) as error:
+        open_split(refused_missing)
+    assert str(error.value) == f"{refused_missing} is not a folder of shards: {REWRITE} to create it"
+    original = shard.read_bytes()
+    shard.write_bytes(original + b"\0")
+    refused(f"{shard} is {len(original) + 1:,} bytes but preprocess wrote {len(original):,}: delete {folder} and "
+            f"{REWRITE}")
+    write_npz(shard, {"x": np.zeros((2, 4, 5, 1), np.uint8), "y": np.zeros(2, np.int64), "class_names": NAMES[:3]})
+    refused(f"{shard} holds 2 images of (4, 5, 1) but {MANIFEST} says 3 of (4, 5, 1): delete {folder} and {REWRITE}")
+    write_npz(shard, {"x": np.zeros((3, 4, 5, 1), np.uint8), "y": np.zeros(3, np.int64),
+                      "class_names": np.array(list("uvwxyz"))})
+    refused(f"{shard} names its classes (u, v, w, x, y, ...) but {MANIFEST} (a, b, c) (a shard of another dataset): "
+            f"delete {folder} and {REWRITE}")
+    for arrays in ({"x": np.zeros((3, 4, 5, 1), np.float32), "y": np.zeros(3), "class_names": NAMES[:3]},
+                   {"x": np.zeros((3, 4, 5), np.uint8), "y": np.zeros(3), "class_names": NAMES[:3]},
+                   {"x": np.zeros((3, 4, 5, 1), np.uint8), "y": np.zeros(2), "class_names": NAMES[:3]},
+                   {"x": np.zeros((3, 4, 5, 1), np.uint8), "class_names": NAMES[:3]},
+                   {"x": np.zeros((3, 4, 5, 1), np.uint8), "y": np.zeros(3)}):
+        write_npz(shard, arrays)
+        refused(f"{shard} is not a shard of uint8 images with their labels: delete {folder} and {REWRITE}")
+    shard.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(UserError, match=rf"^{shard} is not a readable .npz file \(.+\): delete {folder} and run"):
+        open_split(folder)
+    for name in ("part-00001.npz", "part-00002.npz", "part-00003.npz", "part-00004.npz"):
+        (folder / name).unlink()
+    refused(f"{folder} lacks part-00001.npz, part-00002.npz, part-00003.npz ... of the 5 shards its {MANIFEST} lists "
+            f"(deleted?): {REWRITE} to write the split again")
+    folder = tiny_split(tmp_path / "extra")
+    for name in ("part-00005.npz", "part-00006.npz", "part-00007.npz", "part-00008.npz"):
+        shutil.copy(folder / "part-00000.npz", folder / name)
+    refused(f"{folder} holds part-00005.npz, part-00006.npz, part-00007.npz ..., which its {MANIFEST} does not list: "
+            f"delete {folder} and {REWRITE}")
+    (folder / MANIFEST).write_text("{")
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value) == (f"{folder / MANIFEST} is not a manifest preprocess wrote (Expecting property name "
+                                f"enclosed in double quotes: line 1 column 2 (char 1)): delete {folder} and {REWRITE}")
+    (folder / MANIFEST).unlink()
+    refused(f"{folder} has no {MANIFEST} (the list of its shards that preprocess writes): {REWRITE} to write the "
+            f"split again")
+
+
+def test_reading_a_split_checks_digests_and_labels_in_exact_lines(tmp_path):
+    folder = tiny_split(tmp_path / "split")
+    split = open_split(folder)
+    x, y = read_all(split)
+    assert x.dtype == np.uint8 and y.dtype == np.int64 and len(x) == 13
+    np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(13) * 20 % 256)
+    assert y.tolist() == read_labels(split).tolist() == [i % 3 for i in range(13)]
+    one = open_split(tiny_split(tmp_path / "one", images=2))
+    assert read_all(one)[1].tolist() == [0, 1]  # one shard: returned as read
+    write_split(tmp_path / "bad", np.zeros((4, 4, 5, 1), np.uint8), np.array([0, 1, 3, 2]), np.array(["a", "b", "c"]),
+                shard_mb=60 / 2**20)
+    bad = open_split(tmp_path / "bad")
+    shard = tmp_path / "bad" / "part-00000.npz"  # labels 0, 1, 3: the shard's lowest and highest named
+    for read in (read_all, read_labels):
+        with pytest.raises(UserError) as error:
+            read(bad)
+        assert str(error.value) == (f"{shard} holds labels 0..3 but its split has 3 classes (0..2): delete "
+                                    f"{tmp_path / 'bad'} and {REWRITE}")
+    data = bytearray((folder / "part-00004.npz").read_bytes())
+    data[-30] ^= 0xFF
+    (folder / "part-00004.npz").write_bytes(bytes(data))
+    with pytest.raises(UserError) as error:
+        read_all(split)
+    assert str(error.value) == (f"{folder / 'part-00004.npz'} has changed since preprocess wrote it (its SHA-256 is "
+                                f"not the one in {MANIFEST}): delete {folder} and {REWRITE}")
+
+
+def test_rows_per_shard_and_file_digest_against_hand_computed_values(tmp_path):
+    from mnist_cnn.shards import file_digest, rows_per_shard
+    assert rows_per_shard((28, 28, 1), 1) == 1337  # 1,048,576 bytes // 784
+    assert rows_per_shard((28, 28, 1), 0.05) == 66  # 52,428 bytes (a fraction of a MiB, rounded down) // 784
+    assert rows_per_shard((64, 64, 3), 0.001) == 1  # smaller than one image: one a shard
+    (tmp_path / "f").write_bytes(b"shard bytes" * 1000)
+    assert file_digest(tmp_path / "f") == hashlib.sha256(b"shard bytes" * 1000).hexdigest()
