@@ -311,6 +311,9 @@ def render(modules):
     for name, c in modules.items():
         lines.append(f"| {MODULES[name][0]} | {c['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                      f"{c['equivalent']} | {c['no tests']} | {c['score']:.1%} | {c['seconds'] or '-'} |")
+    missing = [MODULES[name][0] for name in MODULES if name not in modules]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(f"`{path}`" for path in missing) + "."]
     before = {name: c["before"] for name, c in modules.items() if "before" in c}
     if before:
         lines += ["", "Before the tests that mutation testing led to (same tool and settings, the tests as they were):",
