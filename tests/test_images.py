@@ -565,3 +565,22 @@ def test_a_file_that_cannot_be_read_or_is_too_large_is_one_line(tmp_path):
     assert str(raised.value) == (f"over the limit of 16,000,000 pixels (its header claims over "
                                  f"{2 * Image.MAX_IMAGE_PIXELS:,}); scale it down")
     assert f"{2 * Image.MAX_IMAGE_PIXELS:,}" == "178,956,970"
+
+
+def test_the_mnist_recipe_step_by_step_on_a_noisy_block():
+    """Black and white noise (corners white) on a grey frame, through the recipe written out here: background off and
+    clipped at 0, scaled to [0, 1], LANCZOS to 20 pixels high with its ringing clipped, centred by mass, peak 1."""
+    rng = np.random.default_rng(20)  # a block whose ringing, left unclipped, would move its centre a row down
+    block = rng.choice([0.0, 255.0], (40, 20)).astype(np.float32)
+    block[[0, 0, -1, -1], [0, -1, 0, -1]] = 255  # the crop is the whole block
+    pixels = np.full((60, 40), 50, np.float32)
+    pixels[10:50, 10:30] = block
+    scaled = np.clip(block - 50, 0, None) / 205
+    digit = np.clip(np.asarray(Image.fromarray(scaled, mode="F").resize((10, 20), Image.Resampling.LANCZOS)), 0, None)
+    rows, cols = np.indices(digit.shape)
+    top = int(round(14 - (digit * rows).sum() / digit.sum()))
+    left = int(round(14 - (digit * cols).sum() / digit.sum()))
+    expected = np.zeros((28, 28), np.float32)
+    expected[top:top + 20, left:left + 10] = digit
+    assert digit.max() > 1  # LANCZOS overshoots: the peak is brought back to 1 by division
+    np.testing.assert_allclose(mnist_style(pixels), expected / expected.max(), rtol=1e-5, atol=1e-6)

@@ -229,3 +229,11 @@ def test_an_unknown_or_missing_key_is_named_with_the_keys_known(workdir):
     with pytest.raises(UserError) as error:
         load_params()
     assert str(error.value) == "params.yaml: missing key 'plot.dpi'; restore it from the repository's params.yaml"
+
+
+def test_params_are_plain_python_values(workdir):
+    """Read with the safe loader: dicts, lists, floats and ints (the round-trip loader's subclasses carry comments)."""
+    params = load_params()
+    assert type(params) is dict and type(params["train"]) is dict
+    assert type(params["model"]["conv_filters"]) is list and type(params["train"]["learning_rate"]) is float
+    assert type(params["train"]["epochs"]) is int

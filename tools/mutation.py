@@ -1,12 +1,15 @@
 """Mutation testing (mutmut) of the modules whose logic is plain Python, one module at a time.
 
-    python -m tools.mutation                     # every module of MODULES, smallest first
+    python -m tools.mutation                     # every module of MODULES
     python -m tools.mutation params shards       # some of them (the names of MODULES)
+    python -m tools.mutation --survivors shards  # again only the mutants the last run left alive (after new tests)
+    python -m tools.mutation --fresh shards      # from scratch: every mutant again
     python -m tools.mutation --report            # rewrite the report from the last results, running nothing
 
 Each module gets its own working folder mutants/<name>/ (git-ignored), where mutmut copies the code,
 mutates only that module and runs only the fast tests that MODULES names for it, one mutant at a
-time (--max-children 1). A rerun tests again only what changed. Results go to
+time (--max-children 1). A rerun tests only the mutants of functions edited since (mutmut keeps a hash of each
+function); --survivors tests the survivors again, --fresh everything. Results go to
 bench/results/mutation.json and docs/mutation-report.md: mutants killed, survived, timed out, per
 module. A survivor listed in tests/mutation-equivalents.txt (an equivalent mutant: it cannot change
 behaviour) is counted apart; any other survivor makes the exit status 1.
@@ -148,13 +151,17 @@ def pytest_addoption(parser):
     parser.addoption("--rebuild", action="append", default=[], help="MODULE:NAME, a dict built at import")
 
 
+IMPORT_TIME_HITS = set()  # in mutmut's stats run: the mutated functions a --rebuild module calls as it is built
+
+
 def pytest_configure(config):
     """--rebuild MODULE:NAME: with a mutant of MODULE on, run MODULE's code again and refill its dict NAME in place,
-    so that what it built at import (PARAMS_SCHEMA's validators) is built by the mutant, wherever it is held."""
+    so that what it built at import (PARAMS_SCHEMA's validators) is built by the mutant, wherever it is held. In the
+    stats run, the functions that building calls are counted as run by every test: every test uses what they built."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
     for target in config.getoption("--rebuild"):
         module_name, _, name = target.partition(":")
-        if mutant.startswith(module_name + "."):
+        if mutant == "stats" or mutant.startswith(module_name + "."):
             module = importlib.import_module(module_name)
             held = getattr(module, name)
             importlib.reload(module)
@@ -162,6 +169,10 @@ def pytest_configure(config):
             held.clear()
             held.update(rebuilt)
             setattr(module, name, held)
+    if mutant == "stats" and config.getoption("--rebuild"):
+        from mutmut.state import state
+
+        IMPORT_TIME_HITS.update(state()._stats)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -180,6 +191,8 @@ def pytest_runtest_teardown(item, nextitem):
     if os.environ.get("MUTANT_UNDER_TEST") != "stats" or not hits or not os.path.isdir(hits):
         return
     from mutmut.state import state
+
+    state()._stats.update(IMPORT_TIME_HITS)
 
     for entry in os.listdir(hits):
         with open(os.path.join(hits, entry)) as f:
@@ -202,8 +215,7 @@ def statuses(name):
 def run_module(name, survivors_only=False):
     """Run mutmut on one module (survivors_only: only the mutants its last run did not kill); returns the seconds
     it took."""
-    mangled = MODULES[name][0][:-3].replace("/", ".")
-    mutants = [f"{mangled}.*"]
+    mutants = []  # none named: mutmut tests the mutants it has no result for (new ones, and those of edited functions)
     if survivors_only and statuses(name):
         mutants = sorted(m for m, status in statuses(name).items() if status not in ("killed", "timeout"))
         if not mutants:
@@ -291,19 +303,24 @@ def render(modules):
     lines = ["# Mutation report", "",
              "Written by `python -m tools.mutation` ([Development](development.md#mutation-testing)); "
              "mutmut, one mutant at a time on a 2-core AVX2 CPU. *score* is (killed + timed out) / mutants; "
-             "*equivalent* survivors are listed with their reason in `tests/mutation-equivalents.txt`.", "",
+             "*equivalent* survivors are listed with their reason in `tests/mutation-equivalents.txt`; *seconds* is "
+             "the wall time of the module's last run (all its mutants, or with `--survivors` only those the run "
+             "before left alive), on a machine shared with other jobs.", "",
              "| module | mutants | killed | timed out | survived | equivalent | no tests | score | seconds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in modules.items():
         lines.append(f"| {MODULES[name][0]} | {c['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
-                     f"{c['equivalent']} | {c['no tests']} | {c['score']:.1%} | {c['seconds']} |")
+                     f"{c['equivalent']} | {c['no tests']} | {c['score']:.1%} | {c['seconds'] or '-'} |")
+    missing = [MODULES[name][0] for name in MODULES if name not in modules]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(f"`{path}`" for path in missing) + "."]
     before = {name: c["before"] for name, c in modules.items() if "before" in c}
     if before:
         lines += ["", "Before the tests that mutation testing led to (same tool and settings, the tests as they were):",
                   "", "| module | mutants | killed | timed out | survived | no tests | score | seconds |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {MODULES[name][0]} | {b['mutants']} | {b['killed']} | {b['timeout']} | {b['survived']} | "
-                  f"{b['no tests']} | {b['score']:.1%} | {b['seconds']} |" for name, b in before.items()]
+                  f"{b['no tests']} | {b['score']:.1%} | {b['seconds'] or '-'} |" for name, b in before.items()]
     return "\n".join(lines) + "\n"
 
 
