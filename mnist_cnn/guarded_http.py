@@ -13,6 +13,9 @@ caps headers on the slower h11 parser only. GuardedHttp adds, in each server pro
   body within --body-timeout seconds of its headers; else 408 and the connection is closed;
 - headers over --max-header-kb are 431 and the connection is closed: no more than that (and one read)
   is held, however much a client sends;
+- a refused request's answer is followed by the end of the server's side of the connection, and what the
+  client still sends is read and dropped for LINGER seconds before it is closed (nginx's lingering close):
+  a client still sending gets the answer, not a reset that loses it;
 - at most --max-connections open connections: a new one beyond closes the connection that has waited
   longest on its client (idle, or still sending its request); when every one is being answered, the
   new one gets 503.
@@ -23,6 +26,8 @@ import time
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+LINGER = 1.0  # seconds a refused connection is still read, what comes dropped, before it is closed
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class GuardedHttp(HttpToolsProtocol):
         self.reading = None
         self.deadline = None
         self.header_bytes = 0
+        self.refused = False
         self.waiting_since = time.monotonic()
 
     def connection_made(self, transport):
@@ -62,7 +68,7 @@ class GuardedHttp(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data):
-        if self.transport.is_closing():  # refused: what else it sends is not parsed
+        if self.ended():  # refused: what else it sends is not parsed
             return
         super().data_received(data)
         if self.reading == "headers":  # still incomplete: the cap holds however slowly or fast they come
@@ -77,7 +83,7 @@ class GuardedHttp(HttpToolsProtocol):
                                              f"s to arrive: send them at once")
 
     def on_headers_complete(self):
-        if self.transport.is_closing():
+        if self.ended():
             return
         if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > \
                 self.limits.max_header_bytes:
@@ -89,18 +95,22 @@ class GuardedHttp(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body):
-        if not self.transport.is_closing():
+        if not self.ended():
             super().on_body(body)
 
     def on_message_complete(self):
         self.reading = None
         self.disarm()
-        if not self.transport.is_closing():
+        if not self.ended():
             super().on_message_complete()
 
     def on_response_complete(self):
         super().on_response_complete()
         self.waiting_since = time.monotonic()
+
+    def ended(self):
+        """Refused, or closing: nothing it sends is parsed any more."""
+        return self.refused or self.transport.is_closing()
 
     def headers_too_large(self):
         return (f"the request line and headers are over the limit of {self.limits.max_header_bytes:,} bytes: send "
@@ -117,8 +127,8 @@ class GuardedHttp(HttpToolsProtocol):
             self.deadline = None
 
     def waits_on_client(self):
-        """Idle, or its request still arriving: nothing of ours would be lost by closing it."""
-        return self.reading is not None or self.cycle is None or self.cycle.response_complete
+        """Idle, or its request still arriving, or refused: nothing of ours would be lost by closing it."""
+        return self.refused or self.reading is not None or self.cycle is None or self.cycle.response_complete
 
     def make_room(self):
         """Over max_connections: close the open connection that has waited longest on its client, or refuse this
@@ -130,17 +140,19 @@ class GuardedHttp(HttpToolsProtocol):
         if not waiting:
             self.refuse(503, f"the server is answering {len(others)} connections, its limit: try again shortly")
             return
-        oldest = min(waiting, key=lambda connection: connection.waiting_since)
-        if oldest.reading is None:  # idle: closed as an expired keep-alive connection is
+        oldest = min(waiting, key=lambda connection: (not connection.refused, connection.waiting_since))
+        if oldest.reading is None or oldest.refused:  # idle or answered: closed as an expired keep-alive one is
             oldest.transport.close()
         else:
             oldest.refuse(503, "too many connections: this one, the slowest to send its request, was closed")
 
     def refuse(self, status, detail):
-        """Answer `status` with {"detail": ...} unless a response to this request is under way, and close."""
+        """Answer `status` with {"detail": ...} unless a response to this request is under way, and close: at once
+        when the client has sent all it meant to, else after LINGER seconds of reading and dropping the rest."""
         self.disarm()
-        if self.transport.is_closing():
+        if self.ended():
             return
+        self.refused = True
         if self.reading == "body":  # its request has reached the app: answer unless the app has
             answer = self.cycle is not None and not self.cycle.response_started and not self.pipeline
         else:  # a new connection, or a request's headers arriving: answer once the previous response is complete
@@ -149,4 +161,8 @@ class GuardedHttp(HttpToolsProtocol):
             body = json.dumps({"detail": detail}).encode()
             self.transport.write(STATUS_LINE[status] + b"content-type: application/json\r\ncontent-length: %d\r\n"
                                  b"connection: close\r\n\r\n%s" % (len(body), body))
-        self.transport.close()
+        if self.reading is None or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)

@@ -12,6 +12,7 @@ import collections
 import io
 import itertools
 import multiprocessing
+import os
 import resource
 import time
 import uuid
@@ -170,6 +171,9 @@ def _attackers(port, plan, orders):
     to stop through the pipe `orders`, which then carries back their tallies."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of connections
+    # The lowest CPU priority: attackers stand in for clients on other machines, which do not take the cores the
+    # server and the monitored clients need
+    os.nice(19)
 
     async def attack():
         stop = asyncio.Event()
