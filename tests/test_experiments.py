@@ -136,6 +136,7 @@ def wait_for_queue(clone, count, timeout=600):
     return status
 
 
+@pytest.mark.timeout(1500)  # five queued tiny pipelines, each with its robustness stage: 600 s was too short at load 8
 def test_presets_and_a_grid_sweep_from_the_queue_all_land_in_exp_show(clone):
     """A preset (dvc exp run --queue -n NAME $(python -m tools.preset NAME)) and a 2x2 grid in DVC's sweep
     syntax (docs/reproducing.md, "Sweeps") queued together and run by two workers: every experiment completes
