@@ -173,8 +173,8 @@ def test_a_worker_waiting_for_the_others_stops_on_sigterm_and_ctrl_c(sharded_dir
         time.sleep(0.5)
         worker.send_signal(number)
         start = time.monotonic()
-        stdout, stderr = worker.communicate(timeout=30)
-        assert time.monotonic() - start < 10
+        stdout, stderr = worker.communicate(timeout=60)
+        assert time.monotonic() - start < 20  # 3 s idle; a process holding TensorFlow exits slowly under load
     finally:
         worker.kill()
     assert worker.returncode == 130 and stderr.startswith("interrupted: this run wrote none of its outputs"), stderr

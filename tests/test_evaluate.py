@@ -152,7 +152,8 @@ def test_metrics_predictions_and_classes_agree_with_the_models_own_outputs(untra
     predicted = probabilities.argmax(axis=1)
     assert 0 < np.mean(predicted == y) < 1  # some right, some wrong
     metrics = json.loads((workdir / "m.json").read_text())
-    assert list(metrics) == ["accuracy", "loss"] and metrics["accuracy"] == np.mean(predicted == y)
+    assert list(metrics) == ["accuracy", "loss", "ece", "brier", "nll"]
+    assert metrics["accuracy"] == np.mean(predicted == y)
     assert metrics["loss"] == pytest.approx(np.mean(-np.log(probabilities[np.arange(len(y)), y])), rel=1e-4)
     with open(workdir / "p.csv") as f:
         assert list(csv.reader(f)) == [["actual", "predicted"]] + [[names[a], names[b]] for a, b in zip(y, predicted)]
@@ -164,8 +165,8 @@ def test_metrics_predictions_and_classes_agree_with_the_models_own_outputs(untra
         assert float(precision) == pytest.approx(hits / claimed if claimed else 0.0)
         assert float(recall) == pytest.approx(hits / actual)
         assert float(f1) == pytest.approx(2 * hits / (claimed + actual))
-    assert capsys.readouterr().out == (f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
-                                       f"on {len(y)} images\n")
+    assert capsys.readouterr().out == (f"evaluate: test accuracy {metrics['accuracy']:.4f}, "
+                                       f"loss {metrics['loss']:.4f}, ECE {metrics['ece']:.4f} on {len(y)} images\n")
 
 
 def test_a_model_that_does_not_fit_or_gives_nan_writes_nothing(untrained, processed_dir, workdir):
