@@ -272,3 +272,20 @@ def test_rows_per_shard_and_file_digest_against_hand_computed_values(tmp_path):
     assert rows_per_shard((64, 64, 3), 0.001) == 1  # smaller than one image: one a shard
     (tmp_path / "f").write_bytes(b"shard bytes" * 1000)
     assert file_digest(tmp_path / "f") == hashlib.sha256(b"shard bytes" * 1000).hexdigest()
+
+
+def test_labels_are_read_without_the_images_and_an_unreadable_shard_is_one_line(tmp_path, monkeypatch):
+    from mnist_cnn.shards import short
+    folder = tiny_split(tmp_path / "split")
+    split = open_split(folder)
+    read = []
+    original = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or original(self, key))
+    assert read_labels(split).tolist() == [i % 3 for i in range(13)]
+    assert set(read) == {"y"}  # the images stay on disk
+    (folder / "part-00002.npz").write_bytes(b"PK\x03\x04 and no more")
+    with pytest.raises(UserError) as error:
+        read_labels(split)
+    assert str(error.value) == (f"{folder / 'part-00002.npz'} is not a readable .npz file (File is not a zip file): "
+                                f"delete {folder} and {REWRITE}")
+    assert (short(list("abcde")), short(list("abcdef")), short([])) == ("(a, b, c, d, e)", "(a, b, c, d, e, ...)", "()")
