@@ -289,3 +289,20 @@ def test_labels_are_read_without_the_images_and_an_unreadable_shard_is_one_line(
     assert str(error.value) == (f"{folder / 'part-00002.npz'} is not a readable .npz file (File is not a zip file): "
                                 f"delete {folder} and {REWRITE}")
     assert (short(list("abcde")), short(list("abcdef")), short([])) == ("(a, b, c, d, e)", "(a, b, c, d, e, ...)", "()")
+
+
+def test_class_names_whose_bytes_were_changed_are_one_line_at_open(tmp_path):
+    """The headers read fine, but the class names' bytes fail the zip's CRC: the shard is unreadable, said in a line."""
+    import zipfile
+    folder = tiny_split(tmp_path / "split")
+    shard = folder / "part-00001.npz"
+    with zipfile.ZipFile(shard) as archive:
+        info = archive.getinfo("class_names.npy")
+    data = bytearray(shard.read_bytes())
+    end = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size
+    data[end - 1] ^= 0xFF  # the last byte of the names' data, past their header
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value) == (f"{shard} is not a readable .npz file (Bad CRC-32 for file 'class_names.npy'): "
+                                f"delete {folder} and {REWRITE}")
