@@ -306,3 +306,18 @@ def test_class_names_whose_bytes_were_changed_are_one_line_at_open(tmp_path):
         open_split(folder)
     assert str(error.value) == (f"{shard} is not a readable .npz file (Bad CRC-32 for file 'class_names.npy'): "
                                 f"delete {folder} and {REWRITE}")
+
+
+def test_three_missing_or_extra_shards_are_all_named_without_dots(tmp_path):
+    folder = tiny_split(tmp_path / "missing")
+    for name in ("part-00001.npz", "part-00002.npz", "part-00003.npz"):
+        (folder / name).unlink()
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value).startswith(f"{folder} lacks part-00001.npz, part-00002.npz, part-00003.npz of the 5 ")
+    folder = tiny_split(tmp_path / "extra")
+    for name in ("part-00005.npz", "part-00006.npz", "part-00007.npz"):
+        shutil.copy(folder / "part-00000.npz", folder / name)
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value).startswith(f"{folder} holds part-00005.npz, part-00006.npz, part-00007.npz, which its ")
