@@ -272,3 +272,52 @@ def test_rows_per_shard_and_file_digest_against_hand_computed_values(tmp_path):
     assert rows_per_shard((64, 64, 3), 0.001) == 1  # smaller than one image: one a shard
     (tmp_path / "f").write_bytes(b"shard bytes" * 1000)
     assert file_digest(tmp_path / "f") == hashlib.sha256(b"shard bytes" * 1000).hexdigest()
+
+
+def test_labels_are_read_without_the_images_and_an_unreadable_shard_is_one_line(tmp_path, monkeypatch):
+    from mnist_cnn.shards import short
+    folder = tiny_split(tmp_path / "split")
+    split = open_split(folder)
+    read = []
+    original = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or original(self, key))
+    assert read_labels(split).tolist() == [i % 3 for i in range(13)]
+    assert set(read) == {"y"}  # the images stay on disk
+    (folder / "part-00002.npz").write_bytes(b"PK\x03\x04 and no more")
+    with pytest.raises(UserError) as error:
+        read_labels(split)
+    assert str(error.value) == (f"{folder / 'part-00002.npz'} is not a readable .npz file (File is not a zip file): "
+                                f"delete {folder} and {REWRITE}")
+    assert (short(list("abcde")), short(list("abcdef")), short([])) == ("(a, b, c, d, e)", "(a, b, c, d, e, ...)", "()")
+
+
+def test_class_names_whose_bytes_were_changed_are_one_line_at_open(tmp_path):
+    """The headers read fine, but the class names' bytes fail the zip's CRC: the shard is unreadable, said in a line."""
+    import zipfile
+    folder = tiny_split(tmp_path / "split")
+    shard = folder / "part-00001.npz"
+    with zipfile.ZipFile(shard) as archive:
+        info = archive.getinfo("class_names.npy")
+    data = bytearray(shard.read_bytes())
+    end = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size
+    data[end - 1] ^= 0xFF  # the last byte of the names' data, past their header
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value) == (f"{shard} is not a readable .npz file (Bad CRC-32 for file 'class_names.npy'): "
+                                f"delete {folder} and {REWRITE}")
+
+
+def test_three_missing_or_extra_shards_are_all_named_without_dots(tmp_path):
+    folder = tiny_split(tmp_path / "missing")
+    for name in ("part-00001.npz", "part-00002.npz", "part-00003.npz"):
+        (folder / name).unlink()
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value).startswith(f"{folder} lacks part-00001.npz, part-00002.npz, part-00003.npz of the 5 ")
+    folder = tiny_split(tmp_path / "extra")
+    for name in ("part-00005.npz", "part-00006.npz", "part-00007.npz"):
+        shutil.copy(folder / "part-00000.npz", folder / name)
+    with pytest.raises(UserError) as error:
+        open_split(folder)
+    assert str(error.value).startswith(f"{folder} holds part-00005.npz, part-00006.npz, part-00007.npz, which its ")
