@@ -174,7 +174,8 @@ def main(argv):
         steps_per_execution = 1
     with strategy.scope():  # variables are created on (mirrored across) the strategy's devices
         try:
-            model = build_model(params["model"], train_split.image_shape, len(class_names), precision)
+            model = build_model(params["model"], train_split.image_shape, len(class_names), precision,
+                                steps=train["epochs"] * steps_per_epoch)
         except ValueError as e:  # e.g. too many pooling layers for a 28x28 input
             raise UserError(f"model.* params give an impossible network ({str(e).splitlines()[0]}); "
                                    f"use fewer conv_filters or smaller kernel_size/pool_size")

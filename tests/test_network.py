@@ -29,7 +29,7 @@ def test_default_model_is_the_notebooks_network():
 
 
 SETTINGS = ("filters", "units", "kernel_size", "strides", "padding", "pool_size", "rate", "activation", "use_bias",
-            "momentum", "epsilon", "rotation", "zoom", "shift")
+            "momentum", "epsilon", "rotation", "zoom", "shift", "noise")
 
 
 def architecture(model):
@@ -53,9 +53,11 @@ def test_the_same_params_build_the_same_network_twice():
 @pytest.mark.parametrize("key, value", [
     ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
-    ("convs_per_block", 2), ("padding", "same"), ("batch_norm", True),
-    ("augment", {"rotation": 10, "shift": 0, "zoom": 0}), ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1}),
+    ("convs_per_block", 2), ("padding", "same"), ("batch_norm", True), ("standardize", True),
+    ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0}),
+    ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0.1}),
 ])
 def test_every_model_param_changes_the_network(key, value):
     default = architecture(network.build_model(DEFAULTS["model"], (28, 28, 1), 10))
@@ -65,7 +67,7 @@ def test_every_model_param_changes_the_network(key, value):
 
 def test_options_beyond_the_notebook_build_the_network_they_name():
     params = {**DEFAULTS["model"], "convs_per_block": 2, "padding": "same", "batch_norm": True,
-              "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
+              "augment": {**DEFAULTS["model"]["augment"], "rotation": 10, "shift": 0.1, "zoom": 0.1}}
     model = network.build_model(params, (28, 28, 1), 10)
     names = [type(layer).__name__ for layer in model.layers]
     assert names[0] == "RandomAffine"
@@ -80,8 +82,38 @@ def test_options_beyond_the_notebook_build_the_network_they_name():
     assert not np.array_equal(keras.ops.convert_to_numpy(augment(x, training=True)), x)
 
 
+@pytest.mark.parametrize("precision, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 1e-3)])
+def test_standardize_makes_the_network_blind_to_brightness_and_contrast(tmp_path, precision, tolerance):
+    """model.standardize: each image scaled to zero mean and unit variance over its pixels, so an image and
+    the same image brighter and with more contrast (without clipping) get the same probabilities; without it,
+    other ones. Saved, it loads in safe mode with Keras alone and keeps that."""
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32) * 0.5
+    brighter = 1.8 * x + 0.1
+    for standardize in (False, True):
+        model = network.build_model({**DEFAULTS["model"], "standardize": standardize}, (28, 28, 1), 10, precision)
+        first, second = (keras.ops.convert_to_numpy(model(images)) for images in (x, brighter))
+        assert np.abs(first - second).max() < tolerance if standardize else np.abs(first - second).max() > 0.005
+    assert type(model.layers[0]).__name__ == "LayerNormalization"
+    standardized = keras.ops.convert_to_numpy(model.layers[0](x))
+    expected = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(standardized, expected, atol=max(1e-3, 20 * tolerance))  # bfloat16: 8 bits
+    save_model(model, tmp_path / "m.keras")
+    np.testing.assert_array_equal(load_model(tmp_path / "m.keras")(brighter), model(brighter))
+
+
+def test_noise_adds_gaussian_noise_of_its_deviation_in_training_only():
+    params = {**DEFAULTS["model"], "augment": {**DEFAULTS["model"]["augment"], "noise": 0.2}}
+    layer = network.build_model(params, (28, 28, 1), 10).layers[0]
+    x = np.full((64, 28, 28, 1), 0.5, np.float32)
+    added = keras.ops.convert_to_numpy(layer(x, training=True)) - x
+    assert abs(added.mean()) < 0.01 and added.std() == pytest.approx(0.2, rel=0.02)
+    assert abs(np.corrcoef(added[:, :, :-1].ravel(), added[:, :, 1:].ravel())[0, 1]) < 0.03  # each pixel its own
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
 def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on():
-    params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "off_last_epochs": 1}}
+    params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "noise": 0.1,
+                                               "off_last_epochs": 1}}
     model = network.build_model(params, (28, 28, 1), 10)
     callback = network.AugmentationOff(first=2)
     callback.set_model(model)
@@ -170,7 +202,7 @@ def test_fused_batch_norm_computes_what_keras_batch_norm_does(precision):
 
 def test_saved_model_has_keras_own_layers_only_and_predicts_the_same(tmp_path):
     params = {**DEFAULTS["model"], "batch_norm": True,
-              "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1}}
+              "augment": {**DEFAULTS["model"]["augment"], "rotation": 10, "shift": 0.1, "zoom": 0.1}}
     model = network.build_model(params, (28, 28, 1), 10)
     x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
     model.compile("adam", "categorical_crossentropy")
