@@ -6,7 +6,7 @@ Each candidate in the candidates file (a name and its params.yaml keys over the 
 the train stage itself, alone on the machine, in a scratch folder on the processed splits (real MNIST:
 run `dvc repro preprocess` first). Then its model is scored on
 
-- the validation split as it is (`val`);
+- the validation split as it is (`val`), and its expected calibration error (`val_ece`);
 - the validation split under each of MNIST-C's 15 corruptions, as the robustness stage applies them to
   the test split (mnist_cnn/corruptions.py, seed 0): the mean is `val_corrupted`;
 - the first 2000 validation digits rendered like a low-resolution scan (cropped to the ink, shrunk to
@@ -14,7 +14,8 @@ run `dvc repro preprocess` first). Then its model is scored on
   validation-side twin of bench/held_out.py's handwriting, which showed `best` failing there;
 
 which is all the choice uses. For the record, and never for choosing, it also scores the test split
-clean and under the corruptions (what the robustness stage reports) and the two held-out sets of
+clean, its ECE (`test_ece`, as evaluate reports it) and under the corruptions (what the robustness
+stage reports) and the two held-out sets of
 bench/held_out.py (handwriting by other writers, printed digits), through the same normalisation as
 the predict command. Training seconds are the stage's own `fit took` figure (validation included).
 
@@ -86,9 +87,11 @@ def held_out_sets():
 
 def score(model_path, data, sets):
     """The candidate's accuracies: on validation (used to choose) and on test and held-out (reported)."""
+    from mnist_cnn.calibration import calibration
     from mnist_cnn.corruptions import accuracy_under_corruptions
     from mnist_cnn.model_files import load_model
     from mnist_cnn.params import load_params
+    from mnist_cnn.shards import open_split, read_all
 
     model = load_model(model_path)
 
@@ -107,6 +110,8 @@ def score(model_path, data, sets):
         scores[split] = round(accuracies["clean"], 4)
         scores[f"{split}_corrupted"] = round(sum(corrupted) / len(corrupted), 4)
         scores[f"{split}_per_corruption"] = {name: round(accuracies[name], 4) for name in names}
+        x, y = read_all(open_split(os.path.join(data, split)))
+        scores[f"{split}_ece"] = round(calibration(predict(x.astype("float32") / 255), y)["ece"], 4)
     scores["val_low_res"] = accuracy(*sets["val_low_res"])
     for name in ("handwriting", "printed"):
         scores[name] = accuracy(*sets[name])
@@ -117,6 +122,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", default=CANDIDATES, help="YAML: {name: {dotted params key: value}}")
     parser.add_argument("--only", nargs="+", help="run only these candidates (the others' results are kept)")
+    parser.add_argument("--keep", help="a folder to keep each candidate's model in, as NAME.keras")
     parser.add_argument("--data", default=os.path.join(REPO, "data", "processed"),
                         help="processed splits (train, val, test) of real MNIST")
     args = parser.parse_args()
@@ -139,6 +145,9 @@ def main():
             model, seconds = train(name, candidates[name], args.data, scratch)
             runs[name] = {"params": candidates[name], "train_seconds": seconds, **score(model, args.data, sets)}
             print(json.dumps({name: {k: v for k, v in runs[name].items() if "per_corruption" not in k}}), flush=True)
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                os.replace(model, os.path.join(args.keep, f"{name}.keras"))
             shutil.rmtree(os.path.join(scratch, name))
             with open(RESULTS + ".tmp", "w") as f:
                 json.dump(results, f, indent=1)

@@ -59,9 +59,10 @@ def workers_addresses():
     return json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"]
 
 
-def strategy(timeout):
-    """The strategy, created first thing (TensorFlow requires it before other ops), once every worker is up."""
-    index, count = cluster()
+def strategy(timeout, worker):
+    """The strategy, created first thing (TensorFlow requires it before other ops), once every worker is up.
+    worker: (index, count) of this worker, as cluster() read them."""
+    index, count = worker
     addresses = workers_addresses()
     print(f"train: worker {index} of {count}, waiting for the others (TF_CONFIG; at most {timeout:g} s)", flush=True)
     meet(addresses, index, timeout)
@@ -156,7 +157,7 @@ def peers_lost(worker):
     try:
         yield
     except PEER_FAILURES as e:
-        text = e.message if isinstance(e.message, str) else str(e)
+        text = e.message
         if "Collective ops is aborted" not in text and not isinstance(e, tf.errors.UnavailableError):
             raise  # not a lost peer: our bug, with its traceback
         reason = " ".join(text.split("Collective ops is aborted by:", 1)[-1].split())

@@ -97,11 +97,12 @@ def set_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def distribution_strategy(train):
-    """The tf.distribute strategy for train.distribute; the global batch is split across its replicas."""
+def distribution_strategy(train, workers=None):
+    """The tf.distribute strategy for train.distribute; the global batch is split across its replicas.
+    workers: (index, count) of this worker under multi_worker (multi_worker.cluster())."""
     choice = train["distribute"]
     if choice == "multi_worker":  # created before any other TensorFlow op, as the strategy requires
-        return multi_worker.strategy(train["worker_timeout"])
+        return multi_worker.strategy(train["worker_timeout"], workers)
     gpus = tf.config.list_logical_devices("GPU")
     if choice == "auto":
         choice = "mirrored" if len(gpus) > 1 else "none"
@@ -163,7 +164,7 @@ def main(argv):
         steps_per_epoch = math.ceil(train_split.images / train["batch_size"])
 
     set_threads(train["threads"])
-    strategy = distribution_strategy(train)
+    strategy = distribution_strategy(train, workers)
     seed_everything(params["seed"])
     precision = resolve_precision(train["precision"])
     steps_per_execution = train["steps_per_execution"]

@@ -109,12 +109,12 @@ def test_readme_compare_commands_fit_a_120_column_terminal(clone):
     assert "F1 per class (test set)" in page, sh(clone, "dvc", "plots", "diff", "main", "--json").stdout[:3000]
 
 
-# best trains 12 epochs, the last 3 unaugmented; here 2 and 1: the test is about DVC taking the preset
-SHORTER = {"best": {"train.epochs": 2, "model.augment.off_last_epochs": 1}}
+# best trains 12 epochs; here 2: the test is about DVC taking the preset
+SHORTER = {"best": {"train.epochs": 2}}
 
 
-# best only: it uses every option fast does (a slimmer net, the cosine schedule) and more, and the queue is
-# the slowest test of the suite; tests/test_params.py checks both presets' params
+# best only: it changes more params than fast (all but fast's slimmer net), and the queue is the slowest test
+# of the suite; tests/test_params.py checks both presets' params
 PRESETS = ("best",)
 
 

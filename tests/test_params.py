@@ -1,4 +1,5 @@
 """params.yaml: the schema, one-line errors for bad values, and the presets."""
+import json
 import os
 import re
 import subprocess
@@ -23,24 +24,34 @@ def test_repository_params_are_valid():
         False, False, 1)
 
 
-def test_presets_are_valid_params(tmp_path):
-    """Each presets/*.yaml names existing params with allowed values, and changes what it says."""
+def test_presets_and_their_candidates_are_valid_params(tmp_path):
+    """Each presets/*.yaml and each candidate bench/presets.py scored names existing params with allowed values,
+    and changes what it says; each preset is one of the candidates, scored in bench/results/presets.json."""
+    with open(os.path.join(REPO, "bench", "preset_candidates.yaml")) as f:
+        candidates = yaml.safe_load(f)
+    with open(os.path.join(REPO, "bench", "results", "presets.json")) as f:
+        scored = json.load(f)["candidates"]
+    presets = {}
     for name in os.listdir(os.path.join(REPO, "presets")):
         with open(os.path.join(REPO, "presets", name)) as f:
-            preset = yaml.safe_load(f)
+            presets[name] = yaml.safe_load(f)
+    for name, preset in [*presets.items(), *candidates.items()]:
         overrides = {key.replace(".", "__"): value for key, value in preset.items()}
         write_params(tmp_path, **overrides)
         params = flatten(load_params(tmp_path / "params.yaml"))
         assert {key: params[key] for key in preset} == preset, name
+    for name, preset in presets.items():
+        chosen = [candidate for candidate, values in candidates.items() if values == preset]
+        assert chosen and scored[chosen[0]]["params"] == preset, name
 
 
 def test_preset_tool_prints_dvc_options_and_names_the_presets_it_knows():
     preset = [sys.executable, "-m", "tools.preset"]
     options = subprocess.run(preset + ["fast"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    assert options[:2] == ["-S", "model.conv_filters=[24,48]"] and options[::2] == ["-S"] * (len(options) // 2)
-    assert "train.epochs=2" in options
+    assert options[:4] == ["-S", "model.standardize=true", "-S", "model.conv_filters=[24,48]"]  # no spaces: the
+    assert options[::2] == ["-S"] * (len(options) // 2) and "train.epochs=2" in options  # shell keeps values whole
     best = subprocess.run(preset + ["best"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "-S model.conv_filters=[32,64]" in best  # no spaces: the shell keeps each value whole
+    assert "-S model.augment.shift=0.05 -S model.augment.zoom=0.1 -S model.augment.noise=0.1" in best
     unknown = subprocess.run(preset + ["fastest"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode == 1 and unknown.stderr.strip() == "preset: no preset 'fastest'; known: best, fast"
 
