@@ -291,6 +291,12 @@ def test_array_headers_are_read_alone_and_a_header_claiming_more_than_the_file_h
             read(tmp_path / "huge.npz")
         assert str(error.value) == "x.npy claims shape (1000000, 1000000) of float64 (8,000,000,000,000 bytes) but " \
                                    "holds 64 bytes"
+    with zipfile.ZipFile(tmp_path / "bare.npz", "w") as archive:  # a member named without .npy, asked for by name
+        archive.writestr("x", header.getvalue() + b"\0" * 64)
+    with pytest.raises(ValueError) as error:
+        read_arrays(tmp_path / "bare.npz", names=("x",))
+    assert str(error.value) == ("x claims shape (1000000, 1000000) of float64 (8,000,000,000,000 bytes) but holds "
+                                "64 bytes")
     (tmp_path / "not.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="^File is not a zip file$"):
         array_shapes(tmp_path / "not.npz")
