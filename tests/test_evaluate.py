@@ -46,6 +46,20 @@ def test_class_report_against_a_hand_made_confusion():
     np.testing.assert_allclose([values for _, *values in rows], [values for _, *values in expected], atol=1e-12)
 
 
+def test_class_report_has_a_row_for_each_class_even_one_never_seen_and_warns_nothing():
+    """Class b is neither a true label nor a prediction, d is a true label never predicted: each keeps its row, in
+    order, with 0 where the ratio has no images (no warning on the stage's stderr)."""
+    import warnings
+
+    from stages.evaluate import class_report
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = class_report(np.array([0, 0, 2, 2, 3]), np.array([0, 2, 2, 2, 0]), ["a", "b", "c", "d"])
+    assert [name for name, *_ in rows] == ["a", "b", "c", "d"]
+    np.testing.assert_allclose([values for _, *values in rows],
+                               [[1 / 2, 1 / 2, 1 / 2], [0, 0, 0], [2 / 3, 1, 4 / 5], [0, 0, 0]], atol=1e-12)
+
+
 def test_class_table_agrees_with_the_predictions(trained_run, workdir):
     """metrics/classes.csv, checked against precision and recall counted from predictions.csv."""
     evaluate_in(workdir, trained_run["model"], trained_run["processed"] / "test", classes=True)
@@ -155,8 +169,9 @@ def test_metrics_predictions_and_classes_agree_with_the_models_own_outputs(untra
     assert list(metrics) == ["accuracy", "loss", "ece", "brier", "nll"]
     assert metrics["accuracy"] == np.mean(predicted == y)
     assert metrics["loss"] == pytest.approx(np.mean(-np.log(probabilities[np.arange(len(y)), y])), rel=1e-4)
-    with open(workdir / "p.csv") as f:
-        assert list(csv.reader(f)) == [["actual", "predicted"]] + [[names[a], names[b]] for a, b in zip(y, predicted)]
+    # Unix line ends on every platform (csv's own are \r\n)
+    assert (workdir / "p.csv").read_bytes() == ("actual,predicted\n" + "".join(
+        f"{names[a]},{names[b]}\n" for a, b in zip(y, predicted))).encode()
     with open(workdir / "c.csv") as f:
         table = list(csv.reader(f))
     assert table[0] == ["class", "precision", "recall", "f1"] and [row[0] for row in table[1:]] == names
@@ -167,6 +182,38 @@ def test_metrics_predictions_and_classes_agree_with_the_models_own_outputs(untra
         assert float(f1) == pytest.approx(2 * hits / (claimed + actual))
     assert capsys.readouterr().out == (f"evaluate: test accuracy {metrics['accuracy']:.4f}, "
                                        f"loss {metrics['loss']:.4f}, ECE {metrics['ece']:.4f} on {len(y)} images\n")
+    # the calibration metrics and the reliability table, from the same probabilities: bin k of 15 holds the
+    # confidences in ((k - 1) / 15, k / 15]
+    confidence, right = probabilities.max(axis=1), predicted == y
+    bins = np.ceil(confidence * 15).astype(int)
+    expected = [(k / 15, confidence[bins == k].mean(), right[bins == k].mean(), np.sum(bins == k))
+                for k in range(1, 16) if np.any(bins == k)]
+    assert len(expected) > 1  # confidences spread over several bins
+    with open(workdir / "r.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["bin", "confidence", "accuracy", "images"]
+    assert [int(row[3]) for row in rows[1:]] == [count for *_, count in expected]
+    np.testing.assert_allclose([[float(v) for v in row[:3]] for row in rows[1:]], [row[:3] for row in expected],
+                               rtol=1e-5)
+    ece = sum(count * abs(accuracy - mean) for _, mean, accuracy, count in expected) / len(y)
+    brier = np.mean(np.sum((probabilities - np.eye(10)[y]) ** 2, axis=1))
+    assert [metrics["ece"], metrics["brier"], metrics["nll"]] == pytest.approx([ece, brier, metrics["loss"]], rel=1e-4)
+    assert metrics["ece"] > 0.01 and metrics["brier"] > 0.01  # far from a perfect model's 0: a dropped term shows
+
+
+def test_help_names_every_file_evaluate_reads_and_writes(capsys):
+    """Each argument's line of --help, whose text argparse wraps to the terminal's width."""
+    from stages import evaluate
+    with pytest.raises(SystemExit, match="^0$"):
+        evaluate.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    lines = ["model test metrics predictions [classes] [reliability]",
+             "Stage evaluate: score the trained model on the test set, streamed shard by shard.",
+             "model the trained model (.keras)", "test test split (a shard folder from preprocess)",
+             "metrics where to write the metrics (.json)", "predictions where to write actual/predicted labels (.csv)",
+             "classes where to write per-class precision, recall and F1 (.csv)",
+             "reliability where to write accuracy and confidence per confidence bin (.csv)"]
+    assert [line for line in lines if line not in text] == []
 
 
 def test_a_model_that_does_not_fit_or_gives_nan_writes_nothing(untrained, processed_dir, workdir):

@@ -144,7 +144,24 @@ def test_load_model_explains_a_missing_file_and_one_that_is_not_a_keras_model(tm
         load_model(str(tmp_path / "lambda.keras"))
 
 
+def test_load_model_names_an_error_without_words_by_its_type(tmp_path, monkeypatch):
+    import keras
+
+    from mnist_cnn.model_files import load_model
+
+    def wordless(*args, **kwargs):
+        raise KeyError
+
+    (tmp_path / "m.keras").write_bytes(b"PK")
+    monkeypatch.setattr(keras.saving, "load_model", wordless)
+    with pytest.raises(UserError) as error:
+        load_model(str(tmp_path / "m.keras"))
+    assert str(error.value) == (f"{tmp_path / 'm.keras'} is not a Keras model (KeyError): run `dvc repro --force "
+                                f"train` to rebuild it")
+
+
 @pytest.mark.parametrize("shape, taken", [((None, 28, 28, 1), (28, 28, 1)), ([None, 32, 20, 3], (32, 20, 3)),
+                                          ((None, 1, 5, 1), (1, 5, 1)),
                                           ((None, 784), None), ((None, 28, 28, 2), None), ((None, 28, 28), None),
                                           ((None, 0, 28, 1), None), ((None, None, 28, 1), None),
                                           ((None, 28, 28.0, 1), None), ("images", None)])
@@ -177,7 +194,7 @@ def test_check_fits_compares_the_image_shape_and_the_classes():
         assert str(error.value) == (f"m.keras does not fit data/test (model (None, 28, 28, 1) -> (None, 3), data "
                                     f"{other.image_shape} with {len(other.class_names)} classes): run `dvc repro` to "
                                     f"retrain")
-    with pytest.raises(UserError, match="takes inputs of shape"):
+    with pytest.raises(UserError, match=r"^m.keras takes inputs of shape \(None, 784\), not images"):
         check_fits(SimpleNamespace(input_shape=(None, 784), output_shape=(None, 3)), "m.keras", split)
 
 
@@ -199,6 +216,50 @@ def test_an_npz_is_stored_members_of_fixed_date_and_mode_holding_contiguous_arra
     with pytest.raises(ValueError):
         write_npz(tmp_path / "objects.npz", {"x": np.array([{"a": 1}], dtype=object)})  # no pickles written
     assert not (tmp_path / "objects.npz").exists()
+
+
+def test_npz_members_carry_zip64_sizes_so_an_array_may_outgrow_4_gib(tmp_path):
+    """A member's size is unknown when its header is written: without zip64's 8-byte fields (tag 1, 16 bytes, needing
+    zip version 4.5) that header has room for 4 GiB at most, and zipfile refuses to write a member past 2 GiB."""
+    import struct
+
+    write_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+    data = (tmp_path / "a.npz").read_bytes()
+    version, = struct.unpack("<H", data[4:6])
+    name_length, extra_length = struct.unpack("<HH", data[26:30])
+    assert data[:4] == b"PK\x03\x04" and data[30:30 + name_length] == b"x.npy"
+    extra = data[30 + name_length:30 + name_length + extra_length]
+    assert (version, struct.unpack("<HH", extra[:4])) == (45, (1, 16))
+
+
+def test_an_error_without_words_is_named_by_its_type(tmp_path, monkeypatch):
+    """zipfile raises a bare EOFError for a member cut short: the reason is then the error's name."""
+    def cut_short(stream):
+        raise EOFError
+
+    write_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+    monkeypatch.setattr(np.lib.format, "read_magic", cut_short)
+    from mnist_cnn.files import array_shapes
+    for read in (array_shapes, read_arrays):
+        with pytest.raises(ValueError) as error:
+            read(tmp_path / "a.npz")
+        assert str(error.value) == "EOFError"
+    with pytest.raises(UserError) as error:
+        load_npz(tmp_path / "a.npz")
+    assert str(error.value) == (f"{tmp_path / 'a.npz'} is not a readable .npz file (EOFError): delete it and run "
+                                f"`dvc repro`")
+
+
+def test_write_json_refuses_nan_and_infinity_and_leaves_the_old_file(tmp_path):
+    """JSON has no NaN or Infinity (Python's json writes them, JSON parsers refuse them): a metric that is NaN is an
+    error, and the previous file stays."""
+    from mnist_cnn.files import write_json
+    (tmp_path / "m.json").write_text("old")
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+            write_json(tmp_path / "m.json", {"loss": [1.0, value]})
+        assert (tmp_path / "m.json").read_text() == "old"
+    assert os.listdir(tmp_path) == ["m.json"]
 
 
 def test_array_headers_are_read_alone_and_a_header_claiming_more_than_the_file_holds_is_refused(tmp_path):
@@ -230,9 +291,44 @@ def test_array_headers_are_read_alone_and_a_header_claiming_more_than_the_file_h
             read(tmp_path / "huge.npz")
         assert str(error.value) == "x.npy claims shape (1000000, 1000000) of float64 (8,000,000,000,000 bytes) but " \
                                    "holds 64 bytes"
+    with zipfile.ZipFile(tmp_path / "bare.npz", "w") as archive:  # a member named without .npy, asked for by name
+        archive.writestr("x", header.getvalue() + b"\0" * 64)
+    with pytest.raises(ValueError) as error:
+        read_arrays(tmp_path / "bare.npz", names=("x",))
+    assert str(error.value) == ("x claims shape (1000000, 1000000) of float64 (8,000,000,000,000 bytes) but holds "
+                                "64 bytes")
     (tmp_path / "not.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="^File is not a zip file$"):
         array_shapes(tmp_path / "not.npz")
+
+
+def npy_header(shape, descr, length):
+    """The bytes of a version 1.0 .npy header whose text (dict, padding, newline) is `length` bytes long."""
+    import struct
+
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", length) + (text + " " * (length - len(text) - 1) + "\n").encode()
+
+
+def test_a_header_past_10000_bytes_and_a_shape_past_int64_are_refused(tmp_path):
+    """NumPy's limit of 10,000 bytes of header text is kept; the bytes a shape claims are counted in Python's
+    integers, where int64 would wrap 2**32 * 2**32 to 0 and take a shape of 2**64 bytes for an empty one."""
+    import io
+
+    from mnist_cnn.files import check_array_header
+    for length in (10000, 10001):
+        header = npy_header((2,), "<f4", length)
+        stream = io.BytesIO(header + bytes(8))
+        if length == 10000:
+            assert check_array_header(stream, len(header) + 8, "h.npy") == ((2,), np.dtype(np.float32))
+        else:
+            with pytest.raises(ValueError, match=r"^Header info length \(10001\) is large"):
+                check_array_header(stream, len(header) + 8, "h.npy")
+    header = npy_header((2**32, 2**32), "|u1", 128)
+    with pytest.raises(ValueError) as error:
+        check_array_header(io.BytesIO(header + bytes(64)), len(header) + 64, "w.npy")
+    assert str(error.value) == ("w.npy claims shape (4294967296, 4294967296) of uint8 (18,446,744,073,709,551,616 "
+                                "bytes) but holds 64 bytes")
 
 
 def test_read_arrays_takes_the_names_asked_for_and_an_npy_alone(tmp_path):

@@ -152,3 +152,125 @@ def test_a_class_missing_from_validation_is_said_in_one_line(workdir, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "preprocess: warning: data.split = tail leaves 1 class(es) out of the validation set (3), so validation "
         "accuracy does not measure them; set data.split: stratified"]
+
+
+def test_a_training_split_of_several_shards_is_put_in_a_seeded_order_and_one_of_one_shard_is_not():
+    """A split that fills one shard exactly keeps its order; one image more and it is permuted, by the seed."""
+    from mnist_cnn.shards import rows_per_shard
+    rows = rows_per_shard((28, 28), 0.05)
+    for n, seed in ((rows, 7), (rows + 1, 7), (rows + 1, 8)):
+        y = np.arange(n)
+        x = np.broadcast_to(y[:, None, None], (n, 28, 28)).astype(np.uint8)
+        x_mixed, y_mixed = preprocess.mix_for_streaming(x, y, 0.05, seed)
+        order = np.random.default_rng(seed).permutation(n) if n > rows else np.arange(n)
+        assert y_mixed.tolist() == order.tolist()
+        np.testing.assert_array_equal(x_mixed, x[order])
+
+
+def test_classes_left_out_of_validation_are_named_ten_at_most(capsys):
+    """Eleven classes left out: the first ten are named, then dots; ten: all of them, no dots."""
+    y = np.arange(12)
+    names = np.array([f"c{k}" for k in range(12)])
+    preprocess.check_every_class_is_split(y, y, np.array([0]), names, "tail")
+    preprocess.check_every_class_is_split(y, y, np.array([0, 1]), names, "stratified")
+    assert capsys.readouterr().err.splitlines() == [
+        "preprocess: warning: data.split = tail leaves 11 class(es) out of the validation set (c1, c2, c3, c4, c5, c6, "
+        "c7, c8, c9, c10 ...), so validation accuracy does not measure them; set data.split: stratified",
+        "preprocess: warning: data.split = stratified leaves 10 class(es) out of the validation set (c2, c3, c4, c5, "
+        "c6, c7, c8, c9, c10, c11), so validation accuracy does not measure them; add images of those classes"]
+
+
+def raw_arrays(**changes):
+    """Raw arrays that pass check_raw (20 training and 10 test images of 28x28, 10 classes), with some changed."""
+    arrays = {"x_train": np.zeros((20, 28, 28), np.uint8), "y_train": np.arange(20) % 10,
+              "x_test": np.zeros((10, 28, 28), np.uint8), "y_test": np.arange(10), "class_names": NAMES}
+    return {**arrays, **changes}
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"x_test": np.zeros((1, 28, 28), np.uint8), "y_test": np.array([9])},
+    {"x_train": np.zeros((20, 8, 8), np.uint8), "x_test": np.zeros((10, 8, 8), np.uint8)},
+    {"x_train": np.zeros((20, 8, 8, 3), np.uint8), "x_test": np.zeros((10, 8, 8, 3), np.uint8)},
+    {"y_train": np.zeros(20, np.uint8)}])
+def test_raw_arrays_of_any_size_from_8x8_grayscale_or_rgb_pass(changes):
+    preprocess.check_raw(raw_arrays(**changes), "raw.npz")
+
+
+def nan_in_image_7(x):
+    x = x.astype(np.float32)
+    x[7, 3, 5] = np.nan
+    return x
+
+
+SHAPE_ADVICE = "expected (N, H, W) grayscale or (N, H, W, 3) RGB images, e.g. (N, 28, 28)"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"x_test": np.zeros((10, 784), np.uint8)}, f"x_test has shape (10, 784); {SHAPE_ADVICE}"),
+    ({"x_test": np.zeros((10, 28, 28, 3, 1), np.uint8)}, f"x_test has shape (10, 28, 28, 3, 1); {SHAPE_ADVICE}"),
+    ({"x_test": np.zeros((0, 28, 28), np.uint8)}, f"x_test has shape (0, 28, 28); {SHAPE_ADVICE}"),
+    ({"x_train": np.zeros((20, 7, 8), np.uint8)}, f"x_train has shape (20, 7, 8); {SHAPE_ADVICE}"),
+    ({"x_train": np.zeros((20, 8, 7), np.uint8)}, f"x_train has shape (20, 8, 7); {SHAPE_ADVICE}"),
+    ({"x_train": np.zeros((20, 28, 28, 2), np.uint8)}, f"x_train has shape (20, 28, 28, 2); {SHAPE_ADVICE}"),
+    ({"x_test": np.zeros((10, 28, 27), np.uint8)}, "x_test images are (28, 27) but x_train's are (28, 28)"),
+    ({"x_train": nan_in_image_7(np.zeros((20, 28, 28)))},
+     "x_train holds NaN or infinite values (first in image 7); expected uint8 pixels 0-255"),
+    ({"x_test": np.full((10, 28, 28), 0.5)}, "x_test has dtype float64; expected uint8 pixels 0-255"),
+    ({"x_test": np.full((10, 28, 28), "a")}, "x_test has dtype <U1; expected uint8 pixels 0-255"),
+    ({"y_test": np.arange(10).reshape(10, 1)}, "y_test has dtype int64 and shape (10, 1); expected a 1-D array of "
+                                               "integer labels"),
+    ({"y_test": np.arange(10.0)}, "y_test has dtype float64 and shape (10,); expected a 1-D array of integer labels"),
+    ({"y_test": np.arange(9)}, "x_test has 10 images but y_test has 9 labels"),
+    ({"y_test": np.arange(1, 11)}, "y_test holds labels 1..10; expected 0..9 (one per class name)"),
+    ({"y_train": np.arange(20) % 10 - 1}, "y_train holds labels -1..8; expected 0..9 (one per class name)")])
+def test_each_raw_array_problem_is_its_exact_line(changes, message):
+    with pytest.raises(UserError) as error:
+        preprocess.check_raw(raw_arrays(**changes), "raw.npz")
+    assert str(error.value) == f"raw.npz: {message}"
+
+
+def test_auto_split_method_and_an_impossible_stratified_split():
+    """auto: the tail for the published datasets, stratified for your own; stratified needs 2 images of a class."""
+    from mnist_cnn.params import PUBLISHED_DATASETS
+    assert {preprocess.split_method("auto", name) for name in PUBLISHED_DATASETS} == {"tail"}
+    assert [preprocess.split_method("auto", "folder"), preprocess.split_method("auto", "npz"),
+            preprocess.split_method("tail", "folder"), preprocess.split_method("stratified", "mnist")] == [
+        "stratified", "stratified", "tail", "stratified"]
+    x, y = np.zeros((21, 28, 28), np.uint8), np.array([0] * 10 + [1] * 10 + [2])  # class 2: one image
+    with pytest.raises(UserError, match=r"^data.split = stratified is impossible here \(The least populated "
+                                        r"classes? in y ha(s|ve) only 1 member, .+\); use more data or data.split: "
+                                        r"tail$"):
+        preprocess.split_train_val(x, y, 0.2, "stratified", 0)
+
+
+def test_help_names_the_raw_file_and_the_output_folder(capsys):
+    """--help's lines, whose text argparse wraps to the terminal's width."""
+    with pytest.raises(SystemExit, match="^0$"):
+        preprocess.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    lines = ["Stage preprocess: check the raw arrays, hold out a validation split, give the images a channel axis.",
+             "raw the download stage's .npz", "output_dir folder for the train/, val/ and test/ shard folders"]
+    assert [line for line in lines if line not in text] == []
+
+
+def test_preprocess_says_what_it_wrote_and_why_it_cannot_in_exact_lines(workdir, raw, capsys):
+    write_params(workdir, data__shard_mb=0.05)  # 66 images of 28x28 a shard: 160 training images in 3
+    preprocess.main([str(raw), str(workdir / "out")])
+    assert capsys.readouterr().out.splitlines() == ["preprocess: train: 160 images in 3 shard(s)",
+                                                    "preprocess: val: 40 images in 1 shard(s)",
+                                                    "preprocess: test: 50 images in 1 shard(s)"]
+    with pytest.raises(UserError) as error:
+        preprocess.main([str(workdir / "none.npz"), str(workdir / "out")])
+    assert str(error.value) == f"{workdir / 'none.npz'} not found: run `dvc repro download` to create it"
+    write_params(workdir, data__limit=1, data__val_split=0.2)
+    with pytest.raises(UserError) as error:
+        preprocess.main([str(raw), str(workdir / "out")])
+    assert str(error.value) == "data.limit = 1 with data.val_split = 0.2 leaves an empty split; raise data.limit"
+
+
+def test_a_missing_raw_array_is_named():
+    arrays = raw_arrays()
+    del arrays["class_names"]
+    with pytest.raises(UserError) as error:
+        preprocess.check_raw(arrays, "raw.npz")
+    assert str(error.value) == "raw.npz lacks the array 'class_names': run `dvc repro download` again"
