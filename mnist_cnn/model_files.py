@@ -61,8 +61,10 @@ def image_shape(path, input_shape, stage="train"):
 
 
 def check_fits(model, path, split):
-    """One line when the model's input or classes don't match a split's (a model from another dataset)."""
+    """One line when the model's input or classes don't match a split's (a model from another dataset), or when it
+    does not give one row of class probabilities per image (an output of (None, 28, 10) has 10 in its last place)."""
     image_shape(path, model.input_shape)
-    if model.output_shape[-1] != len(split.class_names) or tuple(model.input_shape[1:]) != split.image_shape:
+    if (tuple(model.output_shape[1:]) != (len(split.class_names),)
+            or tuple(model.input_shape[1:]) != split.image_shape):
         raise UserError(f"{path} does not fit {split.folder} (model {model.input_shape} -> {model.output_shape}, "
                         f"data {split.image_shape} with {len(split.class_names)} classes): run `dvc repro` to retrain")

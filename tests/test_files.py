@@ -187,11 +187,12 @@ def test_check_fits_compares_the_image_shape_and_the_classes():
     model = SimpleNamespace(input_shape=(None, 28, 28, 1), output_shape=(None, 3))
     split = SimpleNamespace(folder="data/test", image_shape=(28, 28, 1), class_names=("a", "b", "c"))
     check_fits(model, "m.keras", split)
-    for other in (SimpleNamespace(**{**vars(split), "class_names": ("a", "b")}),
-                  SimpleNamespace(**{**vars(split), "image_shape": (28, 28, 3)})):
+    for other, output in ((SimpleNamespace(**{**vars(split), "class_names": ("a", "b")}), (None, 3)),
+                          (SimpleNamespace(**{**vars(split), "image_shape": (28, 28, 3)}), (None, 3)),
+                          (split, (None, 28, 3))):  # 3 classes in its last place, but a row per image row
         with pytest.raises(UserError) as error:
-            check_fits(model, "m.keras", other)
-        assert str(error.value) == (f"m.keras does not fit data/test (model (None, 28, 28, 1) -> (None, 3), data "
+            check_fits(SimpleNamespace(input_shape=model.input_shape, output_shape=output), "m.keras", other)
+        assert str(error.value) == (f"m.keras does not fit data/test (model (None, 28, 28, 1) -> {output}, data "
                                     f"{other.image_shape} with {len(other.class_names)} classes): run `dvc repro` to "
                                     f"retrain")
     with pytest.raises(UserError, match=r"^m.keras takes inputs of shape \(None, 784\), not images"):
