@@ -48,11 +48,13 @@ CORRUPTION_SEED = 0  # robustness.seed's default: the same draws as the stage's
 def low_res(image):
     """A 28x28 MNIST digit as a low-resolution scan: cropped to its ink, shrunk to 8x8 (box filter), dark on
     white, enlarged 4x in blocks; then what the predict command does to any image (images.to_model_image)."""
+    from bench.held_out import HANDWRITING_SCALE
     from mnist_cnn.images import to_model_image
     rows, cols = np.nonzero(image > 50)
     crop = image[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
     small = np.asarray(Image.fromarray(crop).resize((8, 8), Image.Resampling.BOX))
-    return to_model_image(np.asarray(Image.fromarray(255 - small).resize((32, 32), Image.Resampling.NEAREST)))
+    side = 8 * HANDWRITING_SCALE  # as bench/held_out.py enlarges the handwriting
+    return to_model_image(np.asarray(Image.fromarray(255 - small).resize((side, side), Image.Resampling.NEAREST)))
 
 
 def train(name, overrides, data, scratch):
@@ -92,12 +94,9 @@ def score(model_path, data, sets):
     from mnist_cnn.model_files import load_model
     from mnist_cnn.params import load_params
     from mnist_cnn.shards import open_split, read_all
+    from stages.robustness import batched
 
-    model = load_model(model_path)
-
-    def predict(images):
-        return np.concatenate([model.predict_on_batch(images[start:start + 1000])
-                               for start in range(0, len(images), 1000)])
+    predict = batched(load_model(model_path), 1000)
 
     def accuracy(images, labels):
         return round(float(np.mean(predict(images).argmax(axis=1) == labels)), 4)
