@@ -193,8 +193,8 @@ def fitting_shard_mb(split, count):
 def fit(model, strategy, optimizer, train_split, val_split, train, seed, callbacks, worker, steps):
     """Train model for train.epochs over train_split, `steps` steps an epoch (steps_per_epoch), validating on
     val_split after each; calls the callbacks as Keras' fit() would (DVCLive gets accuracy, loss,
-    val_accuracy and val_loss per epoch). worker: (index, count) from cluster(). Returns the images
-    trained on per epoch (all workers together)."""
+    val_accuracy and val_loss per epoch; the batch hooks get no logs). worker: (index, count) from
+    cluster(). Returns the images trained on per epoch (all workers together)."""
     index, count = worker
     batch_size, epochs = train["batch_size"], train["epochs"]
     files, images = train_split.part(index, count)
@@ -249,11 +249,13 @@ def fit(model, strategy, optimizer, train_split, val_split, train, seed, callbac
                 count = tf.constant(min(train["steps_per_execution"], steps - done))
                 step_loss, step_correct = train_steps(iterator, count)
                 loss_sum, correct = loss_sum + float(step_loss), correct + float(step_correct)
+                callbacks.on_train_batch_end(done)  # train's StopOnSignal: Ctrl-C stops at the next step
             seen = steps * batch_size
             val_loss = val_correct = 0.0
-            for x, y in validation:
+            for batch, (x, y) in enumerate(validation):
                 step_loss, step_correct = val_step(x, y)
                 val_loss, val_correct = val_loss + float(step_loss), val_correct + float(step_correct)
+                callbacks.on_test_batch_end(batch)
             logs = {"accuracy": correct / seen, "loss": loss_sum / seen,
                     "val_accuracy": val_correct / val_split.images, "val_loss": val_loss / val_split.images}
             print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - start:.0f}s - "

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from mnist_cnn.runner import quiet_tensorflow, run
+from mnist_cnn.runner import quiet_tensorflow, run, stop_if_interrupted
 
 tf = quiet_tensorflow()
 import keras  # noqa: E402
@@ -65,6 +65,17 @@ class StopOnDivergence(keras.callbacks.Callback):
     def diverged(epoch, what):
         raise UserError(f"training diverged in epoch {epoch + 1}: {what}; no model was saved. Lower "
                         f"train.learning_rate (or use train.schedule: cosine with a warm-up) and run again")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C and SIGTERM stop training at the next step even when their KeyboardInterrupt was lost on the
+    way (mnist_cnn/runner.py, stop_if_interrupted)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stop_if_interrupted()
+
+    def on_test_batch_end(self, batch, logs=None):
+        stop_if_interrupted()
 
 
 def resolve_precision(choice):
@@ -198,7 +209,7 @@ def main(argv):
     # other than the chief logs into one that is thrown away: worker 0 writes the model and the log
     with atomic_dir(args.log_dir) if chief else tempfile.TemporaryDirectory() as log_dir:
         callbacks = [DVCLiveCallback(live=Live(log_dir, dvcyaml=False, save_dvc_exp=False)),
-                     StopOnDivergence(len(class_names))]
+                     StopOnDivergence(len(class_names)), StopOnSignal()]
         if off:
             callbacks.append(AugmentationOff(train["epochs"] - off))
             print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
