@@ -225,9 +225,18 @@ def _outcome(main, command):
         return 1
 
 
+# What TensorFlow's import of Keras imports for features this project never uses, each inside Keras' own
+# `except ImportError`: scikit-learn and the SciPy it pulls in (keras.wrappers, the scikit-learn
+# estimators) and matplotlib (keras.visualization). A third of TensorFlow's import time (bench/startup.py).
+UNUSED_BY_KERAS = ("sklearn", "matplotlib")
+
+
 def quiet_tensorflow():
-    """Import TensorFlow without its start-up log lines (set TF_CPP_MIN_LOG_LEVEL=0 to see them)."""
+    """Import TensorFlow without its start-up log lines (set TF_CPP_MIN_LOG_LEVEL=0 to see them), and without
+    UNUSED_BY_KERAS, which stay importable afterwards for the code that uses them (evaluate's metrics)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # errors too: TF logs harmless ones
+    blocked = [name for name in UNUSED_BY_KERAS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked))  # a None entry makes `import name` raise ImportError
     verbose = os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
     # TensorFlow writes some lines to fd 2 before its log level applies; hide fd 2 during import.
     saved = None if verbose else os.dup(2)
@@ -243,4 +252,7 @@ def quiet_tensorflow():
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
+        for name in blocked:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
     return tf

@@ -51,6 +51,19 @@ def pytest_configure(config):
         os.environ["MNIST_CNN_CPUINFO"] = path
 
 
+# The files that take longest (pytest --durations=100 on 2 cores), started first: xdist gives each worker a whole
+# file at a time (--dist loadfile), and a long one drawn last would run on alone after the others finished
+LONGEST_FIRST = ["test_pipeline.py", "test_experiments.py", "test_train.py", "test_reproducibility.py",
+                 "test_distribute.py", "test_shards.py", "test_predict.py", "test_download.py", "test_export.py",
+                 "test_serve.py", "test_streaming.py"]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle: the order within each file stays random
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other files keep their order
+
+
 REAL_MNIST = os.path.join(REPO, "..", "shared", "datasets", "mnist.npz")
 needs_real_mnist = pytest.mark.skipif(not os.path.exists(REAL_MNIST),
                                       reason="real MNIST mirror ../shared/datasets/mnist.npz is absent")

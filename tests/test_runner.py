@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -106,3 +107,21 @@ def test_a_command_interrupted_says_so_without_the_stages_advice():
                                                                    "raise KeyboardInterrupt"), "0", "predict"],
                             capture_output=True, text=True, env={**os.environ, **CODE_ENV})
     assert (result.returncode, result.stderr) == (130, "predict: interrupted\n")
+
+
+def test_quiet_tensorflow_keeps_what_keras_imports_for_nothing_out_and_importable_after():
+    """scikit-learn, SciPy and matplotlib stay out of TensorFlow's import (a third of its time,
+    bench/startup.py), and import as usual afterwards; one imported before is left as it was."""
+    code = textwrap.dedent("""
+        import sys
+        import matplotlib
+        from mnist_cnn.runner import quiet_tensorflow
+        quiet_tensorflow()
+        import keras
+        print(sorted(name for name in ("sklearn", "scipy.stats", "matplotlib") if name in sys.modules))
+        from sklearn.metrics import accuracy_score
+        print(accuracy_score([0, 1], [0, 1]), sys.modules["matplotlib"] is matplotlib)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, **CODE_ENV})
+    assert result.stdout.splitlines() == ["['matplotlib']", "1.0 True"], result.stderr
