@@ -130,3 +130,13 @@ def test_a_worker_ignores_ctrl_c_and_dies_on_sigterm():
     finally:
         for number, handler in saved.items():
             signal.signal(number, handler)
+
+
+def test_data_folder_workers_0_reads_on_one_process_per_core(tmp_path, monkeypatch):
+    root = image_folder(tmp_path / "mine", classes=("a",), per_class=2)
+    asked, real = [], image_folders.read_all
+    monkeypatch.setattr(image_folders, "read_all", lambda tasks, workers: asked.append(workers) or real(tasks, 1))
+    for workers, cores, used in ((0, 6, 6), (3, 6, 3), (0, None, 1)):
+        monkeypatch.setattr(image_folders.os, "cpu_count", lambda cores=cores: cores)
+        read_class_folders(str(root), ["a"], {**PARAMS, "workers": workers})
+        assert asked[-1] == used

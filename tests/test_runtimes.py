@@ -3,6 +3,7 @@ names, ranking, the form of a path, missing runtimes, and which SavedModel or Li
 import hashlib
 import importlib
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -227,3 +228,127 @@ def test_the_default_model_is_the_onnx_export_where_it_exists(tmp_path, monkeypa
     (tmp_path / "models" / "model.onnx").write_bytes(b"")
     assert runtimes.default_model() == "models/model.onnx"
 
+
+
+def test_a_keras_model_is_a_classifier_of_its_input_and_output_shapes(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(7, "softmax")])
+    model.save(tmp_path / "m.keras")
+    classifier = open_model(str(tmp_path / "m.keras"))
+    assert (classifier.format, classifier.image_shape, classifier.num_classes) == ("keras", (28, 28, 1), 7)
+    assert classifier.fixed_batch is None
+    x = np.random.default_rng(0).random((3, 28, 28, 1), np.float32)
+    np.testing.assert_allclose(classifier.predict(x), model.predict_on_batch(x), atol=1e-6)
+
+
+def test_tensorflow_is_kept_from_writing_under_home(tmp_path, monkeypatch):
+    """Without a keras.json of the user's, Keras is pointed at a folder that cannot exist; matplotlib is not
+    imported. A user's keras.json is still read."""
+    import sys
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # restored (or removed) after the test
+    del sys.modules["matplotlib"]
+    tf = runtimes._tensorflow()
+    assert tf.__name__ == "tensorflow" and hasattr(tf, "saved_model")
+    assert os.environ["KERAS_HOME"] == "/dev/null/keras" and sys.modules["matplotlib"] is None
+    monkeypatch.delenv("KERAS_HOME")
+    (tmp_path / ".keras").mkdir()
+    (tmp_path / ".keras" / "keras.json").write_text("{}")
+    runtimes._tensorflow()
+    assert "KERAS_HOME" not in os.environ
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "mine"))
+    (tmp_path / ".keras" / "keras.json").unlink()
+    runtimes._tensorflow()
+    assert os.environ["KERAS_HOME"] == str(tmp_path / "mine")
+
+
+def first_pixels_model(folder, batch=None):
+    """A SavedModel whose probabilities are the softmax of each image's first 10 pixels, and its LiteRT file."""
+    import tensorflow as tf
+
+    class FirstPixels(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([batch, 28, 28, 1], tf.float32)])
+        def serve(self, x):
+            return {"probabilities": tf.nn.softmax(tf.reshape(x, [-1, 784])[:, :10])}
+
+    module = FirstPixels()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
+    (folder.parent / f"{folder.name}.tflite").write_bytes(converter.convert())
+    return folder, folder.parent / f"{folder.name}.tflite"
+
+
+def test_a_savedmodel_and_a_litert_file_classify_as_their_graph_computes(tmp_path, monkeypatch):
+    from ai_edge_litert import interpreter
+
+    threads, real = [], interpreter.Interpreter
+
+    def litert(model_path, num_threads):  # LiteRT's threads per inference: the server asks for one
+        threads.append(num_threads)
+        return real(model_path=model_path, num_threads=num_threads)
+
+    monkeypatch.setattr(interpreter, "Interpreter", litert)
+    saved, tflite = first_pixels_model(tmp_path / "first")
+    x = np.random.default_rng(1).random((5, 28, 28, 1), np.float32) * 4
+    logits = x.reshape(5, 784)[:, :10].astype(np.float64)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    for path, format in ((saved, "saved_model"), (tflite, "litert")):
+        model = open_model(str(path), threads=1, trust=True)
+        assert (model.format, model.image_shape, model.num_classes, model.fixed_batch) == (format, (28, 28, 1), 10,
+                                                                                           None)
+        assert model.path == str(path)
+        for count in (5, 2, 5):  # LiteRT's input resized to each batch as it comes
+            np.testing.assert_allclose(model.predict(x[:count], batch_size=count), expected[:count], atol=1e-6)
+        with pytest.raises(UserError, match="is a program that can read and write files"):
+            open_model(str(path))
+    assert threads == [1]
+    np.testing.assert_allclose(open_model(str(tflite), trust=True).predict(x), expected, atol=1e-6)  # threads=0
+    assert threads == [1, None]  # 0: LiteRT's default
+
+
+def test_onnxruntime_runs_on_the_cpu_with_the_threads_asked_and_logs_errors_only(tmp_path, monkeypatch):
+    """The server runs one thread per request (threads=1), predict onnxruntime's default (0: one per core); its log
+    says errors only. Seen in the session's options: the thread count shows nowhere else on a machine of any size."""
+    import onnxruntime
+
+    made, real = [], onnxruntime.InferenceSession
+
+    def session(path, options=None, providers=None):
+        made.append((options, providers))
+        return real(path, options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    model = tiny_onnx(tmp_path / "m.onnx")
+    for threads in (0, 1, 3):
+        open_model(str(model), threads=threads)
+        options, providers = made[-1]
+        assert (options.intra_op_num_threads, options.log_severity_level, providers) == (
+            threads, 3, ["CPUExecutionProvider"])
+
+
+def test_the_class_count_is_the_last_axis_of_a_models_output(tmp_path):
+    """An output of (images, 1, 784): 784 classes, the size of its last axis, whatever the axes before it."""
+    import onnx
+    import tensorflow as tf
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([-1, 1, 784], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["p"])], "deep",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 28, 28, 1])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1, 784])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "deep.onnx"))
+    assert open_model(str(tmp_path / "deep.onnx")).num_classes == 784
+
+    class Deep(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+        def serve(self, x):
+            return {"p": tf.reshape(x, [-1, 1, 784])}
+
+    module = Deep()
+    tf.saved_model.save(module, str(tmp_path / "deep"), signatures={"serving_default": module.serve})
+    assert open_model(str(tmp_path / "deep"), trust=True).num_classes == 784

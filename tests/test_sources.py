@@ -142,6 +142,9 @@ def test_a_wait_never_runs_past_the_deadline(network, tmp_path):
     network.clock.sleeps.clear()
     fetch("http://x/m.npz", tmp_path / "m", deadline=network.clock.now + 0.25)  # under a second left is enough
     assert network.calls[-1][1] == 0.25
+    network.answers = [Response(network.clock, b"x" * 70_000, pace=1.0)]  # the last byte comes on the deadline exactly
+    fetch("http://x/m.npz", tmp_path / "m", deadline=network.clock.now + 2.0)
+    assert (tmp_path / "m").read_bytes() == b"x" * 70_000
 
 
 def test_a_client_error_is_not_retried(network, tmp_path):
@@ -251,6 +254,8 @@ def test_idx_files_decode_to_their_shape_and_anything_else_is_named():
     np.testing.assert_array_equal(sources.parse_idx(idx(labels), "y"), labels)
     square = np.ones((2, 2), np.uint8)
     np.testing.assert_array_equal(sources.parse_idx(idx(square), "s"), square)
+    empty = sources.parse_idx(idx(np.zeros(0, np.uint8)), "e")  # 8 bytes: the magic, one size of 0
+    assert empty.shape == (0,) and empty.dtype == np.uint8
     four = np.zeros((1, 1, 1, 1), np.uint8)
     for data in (idx(images)[:7], idx(images, b"\x00\x00\x09"), idx(images, b"\x01\x00\x08"),
                  idx(images, b"\x00\x01\x08"), idx(four), b"\x00\x00\x08\x00" + b"\x00" * 8):
@@ -295,3 +300,30 @@ def test_an_npz_source_needs_every_array_and_each_must_have_its_digest(tmp_path)
             with pytest.raises(SourceError) as error:
                 sources.verify({**arrays, name: bad}, spec)
             assert str(error.value) == f"{name} {bad.dtype}(2, 2) does not match the pinned mnist digest"
+
+
+def test_an_idx_file_is_read_no_further_than_the_limit_and_one_byte(tmp_path, monkeypatch):
+    """A gzip bomb is refused after MAX_IDX_BYTES + 1 bytes, never read whole."""
+    with gzip.open(tmp_path / "x.gz", "wb") as f:
+        f.write(idx(np.zeros((10, 10), np.uint8)))
+    sizes, real = [], gzip.open
+
+    class Recording:
+        def __init__(self, path, mode="rb"):
+            self.file = real(path, mode)
+
+        def read(self, size=-1):
+            sizes.append(size)
+            return self.file.read(size)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(sources.gzip, "open", Recording)
+    monkeypatch.setattr(sources, "MAX_IDX_BYTES", 50)
+    with pytest.raises(SourceError, match=r"^x.gz decompresses to over 0 MB"):
+        sources.read_idx({"x": str(tmp_path / "x.gz")})
+    assert sizes == [51]
