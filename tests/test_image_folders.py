@@ -82,6 +82,8 @@ def test_a_class_without_usable_images_and_folders_that_make_no_dataset_are_one_
         read_class_folders(str(root), ["a", "b"], {**PARAMS, "bad_images": "skip"})
     with pytest.raises(UserError, match=f"^class folder {root}/c has no usable images"):
         read_class_folders(str(root), ["a", "c"], PARAMS)  # no such folder: none either
+    with pytest.raises(UserError, match=f"^class folder {root}/x has no usable images"):
+        read_class_folders(str(root), ["x", "b"], {**PARAMS, "bad_images": "skip"})  # no image kept at all
     with pytest.raises(UserError) as error:
         load_folder(str(root / "a" / "000.png"), PARAMS, seed=0)
     assert str(error.value) == (f"data.path = {str(root / 'a' / '000.png')!r} is not a folder: make one subfolder of "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mnist_cnn import sources
-from mnist_cnn.datasets import DATASETS, array_digest
+from mnist_cnn.datasets import DATASETS, IDX_FILES, array_digest
 from mnist_cnn.errors import UserError
 from mnist_cnn.sources import DEADLINE_VARIABLE, SourceError, fetch
 
@@ -305,7 +305,7 @@ def test_an_npz_source_needs_every_array_and_each_must_have_its_digest(tmp_path)
 def test_an_idx_file_is_read_no_further_than_the_limit_and_one_byte(tmp_path, monkeypatch):
     """A gzip bomb is refused after MAX_IDX_BYTES + 1 bytes, never read whole."""
     with gzip.open(tmp_path / "x.gz", "wb") as f:
-        f.write(idx(np.zeros((10, 10), np.uint8)))
+        f.write(idx(np.zeros((1100, 1000), np.uint8)))  # 1.05 MiB of zeros, a few kB compressed
     sizes, real = [], gzip.open
 
     class Recording:
@@ -323,7 +323,48 @@ def test_an_idx_file_is_read_no_further_than_the_limit_and_one_byte(tmp_path, mo
             self.file.close()
 
     monkeypatch.setattr(sources.gzip, "open", Recording)
-    monkeypatch.setattr(sources, "MAX_IDX_BYTES", 50)
-    with pytest.raises(SourceError, match=r"^x.gz decompresses to over 0 MB"):
+    monkeypatch.setattr(sources, "MAX_IDX_BYTES", 1 << 20)
+    with pytest.raises(SourceError, match=r"^x.gz decompresses to over 1 MB; not a dataset file$"):
         sources.read_idx({"x": str(tmp_path / "x.gz")})
-    assert sizes == [51]
+    assert sizes == [(1 << 20) + 1]
+    with real(tmp_path / "short.gz", "wb") as f:
+        f.write(idx(np.zeros((10, 10), np.uint8))[:-1])
+    with pytest.raises(SourceError, match=r"^short.gz is truncated or padded: 99 bytes for shape \(10, 10\)$"):
+        sources.read_idx({"x": str(tmp_path / "short.gz")})
+
+
+def test_no_valid_source_names_what_was_searched_and_what_failed(tmp_path):
+    idx_only = dataclasses.replace(DATASETS["mnist"], npz_name="", subdirs=(), urls=())
+    with pytest.raises(UserError) as error:
+        sources.download(idx_only, [])
+    assert str(error.value) == (
+        "no valid source for mnist; searched folders and mirrors: none; failed: no candidate files found. Fix: put "
+        "the four IDX .gz files in a folder and set DATASET_MIRRORS=/that/folder, or check your network connection")
+    for root in ("a", "b"):
+        (tmp_path / root).mkdir()
+        (tmp_path / root / "mnist.npz").write_bytes(b"not an npz")
+    npz = dataclasses.replace(DATASETS["mnist"], subdirs=(), urls=())
+    with pytest.raises(UserError) as error:
+        sources.download(npz, [str(tmp_path / "a"), str(tmp_path / "b")])
+    message = str(error.value)
+    assert message.startswith(f"no valid source for mnist; searched folders and mirrors: {tmp_path}/a, {tmp_path}/b; "
+                              f"failed: {tmp_path}/a/mnist.npz (mnist.npz is not a valid .npz file (")
+    assert f")); {tmp_path}/b/mnist.npz (mnist.npz is not a valid .npz file (" in message
+    assert message.endswith(")). Fix: put mnist.npz in a folder and set DATASET_MIRRORS=/that/folder, or check your "
+                            "network connection")
+    assert sources.join("http://h/DATAX/", "f") == "http://h/DATAX/f"
+
+
+def test_one_deadline_covers_all_of_a_sources_files_and_downloads_go_to_a_folder_of_their_own(network, tmp_path,
+                                                                                              monkeypatch):
+    """Four IDX files of 3 s each from a mirror: past a deadline of 10 s in all, though each alone is well within;
+    nothing is left behind in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(DEADLINE_VARIABLE, "10")
+    spec = dataclasses.replace(DATASETS["mnist"], npz_name="", subdirs=(), urls=())
+    network.answers = [Response(network.clock, b"not gzip", pace=1.5) for _ in range(4)]
+    with pytest.raises(UserError) as error:
+        sources.download(spec, ["http://m/idx"])
+    fourth = list(IDX_FILES.values())[3]
+    assert f"http://m/idx/{fourth}: not done after 10 s in all" in str(error.value)
+    assert len(network.calls) == 4 and list(tmp_path.iterdir()) == []
