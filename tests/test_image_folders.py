@@ -142,3 +142,28 @@ def test_data_folder_workers_0_reads_on_one_process_per_core(tmp_path, monkeypat
         monkeypatch.setattr(image_folders.os, "cpu_count", lambda cores=cores: cores)
         read_class_folders(str(root), ["a"], {**PARAMS, "workers": workers})
         assert asked[-1] == used
+
+
+def test_two_tasks_or_more_go_to_a_pool_in_chunks_of_an_eighth_of_each_workers_share(tmp_path, monkeypatch):
+    pools = []
+
+    class Pool:  # runs in process what a ProcessPoolExecutor would, keeping what it was asked
+        def __init__(self, workers, **options):
+            assert options["mp_context"].get_start_method() == "forkserver"  # not fork: TensorFlow's threads may run
+            assert options["initializer"] is image_folders._worker_signals
+            pools.append([workers])
+
+        def map(self, function, tasks, chunksize):
+            pools[-1].append(chunksize)
+            return map(function, tasks)
+
+        def shutdown(self, **options):
+            pass
+
+    monkeypatch.setattr(image_folders, "ProcessPoolExecutor", Pool)
+    tasks = [(str(tmp_path / f"{i}.png"), 28, False) for i in range(5000)]  # none there: each a quick problem
+    for count, workers, pool in ((1, 2, None), (2, 1, None), (2, 2, [2, 1]), (40, 2, [2, 2]), (40, 3, [3, 1]),
+                                 (32, 2, [2, 2]), (5000, 2, [2, 256])):
+        pools.clear()
+        assert len(list(read_all(tasks[:count], workers))) == count
+        assert pools == ([pool] if pool else [])
