@@ -198,11 +198,11 @@ def test_special_files_and_odd_arrays_among_the_paths(model_dir, good_images, tm
     assert len(out) == 6
 
 
-def test_a_folder_without_images_is_one_line(model_dir, tmp_path, capsys):
+def test_a_folder_without_images_is_one_line(tiny_model, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(SystemExit) as exit_:
-        predict.main(["--model", str(model_dir / "model.keras"), str(tmp_path / "empty")])
+        predict.main(["--model", str(tiny_model[0]), str(tmp_path / "empty")])
     assert exit_.value.code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {tmp_path}/empty: no image files in this folder (looked for .png, .jpg, .jpeg, .bmp, "
@@ -214,10 +214,11 @@ def test_a_folder_without_images_is_one_line(model_dir, tmp_path, capsys):
     ('["a", "b"]', "classes.json does not hold the 10 class names of"),
     ('{"0": "zero"}', "classes.json does not hold the 10 class names of"),
 ])
-def test_a_broken_or_mismatched_classes_json_is_one_line(model_dir, good_images, content, message):
-    (model_dir / "classes.json").write_text(content)
+def test_a_broken_or_mismatched_classes_json_is_one_line(tiny_model, good_images, content, message):
+    model, _ = tiny_model
+    (model.parent / "classes.json").write_text(content)
     with pytest.raises(UserError, match=message):
-        predict.main(["--model", str(model_dir / "model.keras"), str(good_images[0])])
+        predict.main(["--model", str(model), str(good_images[0])])
 
 
 def keras_model_file(path, layers_, input_shape):
@@ -303,3 +304,197 @@ def test_a_savedmodel_or_litert_file_from_elsewhere_runs_only_with_trust_model(t
     trusted = run_stage(module, "--model", "model.tflite", "--trust-model", *rest, cwd=tmp_path)
     assert trusted.returncode == 1 and "error: model.tflite is not a readable litert model" in trusted.stderr, \
         trusted.stderr
+
+
+# ---------------------------------------------------------------- in process, with a tiny ONNX model (no training)
+
+def tiny_probabilities(pixels, seed=0, colour=False):
+    """What tiny_onnx's model gives one image, computed apart: the normalised image times its weights, softmax."""
+    size = 784 * (3 if colour else 1)
+    weights = np.random.default_rng(seed).normal(size=(size, 10)).astype(np.float64)
+    logits = to_model_image(pixels, 28, colour).reshape(size).astype(np.float64) @ weights
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """tiny_onnx's model with classes.json naming its classes zero ... nine, in a folder of its own."""
+    (tmp_path / "tiny").mkdir()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (tmp_path / "tiny" / "classes.json").write_text(json.dumps(names))
+    return tiny_onnx(tmp_path / "tiny" / "model.onnx"), names
+
+
+def test_predict_lists_every_image_of_folders_and_arrays_with_the_models_top_classes(tiny_model, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """Folders (sorted, subfolders after files, suffixes in any case, other files skipped), .npz arrays key by key,
+    one image as a 2-D or H x W x 3 array, N x H x W x 1: each image's line, or JSON entry with its top k."""
+    model, names = tiny_model
+    digits, _ = digit_images(12, seed=11)
+    folder = tmp_path / "images"
+    for sub in ("c", "a", "q"):  # os.listdir gives them as the file system keeps them (ext4 here: q, c, a)
+        (folder / sub).mkdir(parents=True)
+    for name, digit in (("b.png", 0), ("a.png", 1), ("C.PNG", 2), ("c/d.png", 3), ("q/e.png", 9)):
+        Image.fromarray(digits[digit]).save(folder / name)
+    Image.fromarray(digits[10]).save(os.path.join(os.fsencode(folder), b"caf\xe9.png"))  # a name that is not UTF-8
+    np.save(folder / "a" / "f.npy", digits[11])
+    (folder / "notes.txt").write_text("not an image")
+    np.savez(tmp_path / "arrays.npz", first=digits[4:6], second=digits[6:7, ..., None])
+    with open(tmp_path / "one.NPY", "wb") as f:  # np.save would add .npy to the name
+        np.save(f, digits[7])
+    np.save(tmp_path / "rgb.npy", np.repeat(digits[8][..., None], 3, axis=2))
+    paths = [str(folder), str(tmp_path / "arrays.npz"), str(tmp_path / "one.NPY"), str(tmp_path / "rgb.npy")]
+    expected = [(f"{folder}/C.PNG", digits[2]), (f"{folder}/a.png", digits[1]), (f"{folder}/b.png", digits[0]),
+                (f"{folder}/caf\\xe9.png", digits[10]), (f"{folder}/a/f.npy[0]", digits[11]),
+                (f"{folder}/c/d.png", digits[3]), (f"{folder}/q/e.png", digits[9]),
+                (f"{tmp_path}/arrays.npz[first][0]", digits[4]),
+                (f"{tmp_path}/arrays.npz[first][1]", digits[5]), (f"{tmp_path}/arrays.npz[second][0]", digits[6]),
+                (f"{tmp_path}/one.NPY[0]", digits[7]),
+                (f"{tmp_path}/rgb.npy[0]", np.repeat(digits[8][..., None], 3, axis=2))]
+    probabilities = [tiny_probabilities(pixels) for _, pixels in expected]
+    assert len({p.argmax() for p in probabilities}) > 1  # images the model tells apart
+    clock = iter([10.0, 14.0, 20.0, 20.5, 30.0, 30.0])  # predict's start and end: 4 s, 0.5 s, then no time at all
+    monkeypatch.setattr(predict, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+
+    predict.main(["--model", str(model), "--json", "--top-k", "3", *paths])
+    out, err = capsys.readouterr()
+    results = json.loads(out)
+    assert out == json.dumps(results, indent=1) + "\n"
+    assert [r["path"] for r in results] == [name for name, _ in expected]
+    for result, p in zip(results, probabilities):
+        ranked = np.argsort(-p)[:3]
+        assert [t["label"] for t in result["top_k"]] == [names[i] for i in ranked]
+        assert [t["probability"] for t in result["top_k"]] == pytest.approx(p[ranked], abs=1e-5)
+        assert {"label": result["label"], "probability": result["probability"]} == result["top_k"][0]
+    assert err == f"predict: 12 images classified, 0 failed, 3 images/s ({model}, onnx)\n"
+
+    predict.main(["--model", str(model), *paths])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [[name, names[p.argmax()]] for (name, _), p in
+                                                         zip(expected, probabilities)]
+    assert [float(line.split("\t")[2]) for line in lines] == pytest.approx([p.max() for p in probabilities], abs=2e-4)
+    assert all(len(line.split("\t")[2]) == 6 for line in lines)  # 0.1234: four decimals, nothing after
+    assert err == f"predict: 12 images classified, 0 failed, 24 images/s ({model}, onnx)\n"
+
+    predict.main(["--model", str(model), "--top-k", "2", paths[2]])
+    p = probabilities[10]
+    first, second = np.argsort(-p)[:2]
+    line, err = capsys.readouterr()
+    assert err == f"predict: 1 images classified, 0 failed, 0 images/s ({model}, onnx)\n"
+    monkeypatch.undo()
+    assert line == (f"{expected[10][0]}\t{names[first]}\t{p[first]:.4f}  {names[first]}:{p[first]:.3f}  "
+                    f"{names[second]}:{p[second]:.3f}\n")
+    for k, keys in (("1", ["label", "path", "probability"]), ("2", ["label", "path", "probability", "top_k"])):
+        predict.main(["--model", str(model), "--json", "--top-k", k, paths[2]])
+        (result,) = json.loads(capsys.readouterr().out)
+        assert sorted(result) == keys and len(result.get("top_k", "ab")) == 2
+
+
+def test_predict_reports_each_bad_file_and_array_in_a_line_and_classifies_the_rest(tiny_model, tmp_path, capsys):
+    model, _ = tiny_model
+    digits, _ = digit_images(2, seed=12)
+    Image.fromarray(digits[0]).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    np.save(tmp_path / "five_d.npy", np.zeros((1, 2, 28, 28, 1), np.uint8))
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.savez(tmp_path / "mixed.npz", good=digits[1:2], nan=np.full((1, 28, 28), np.nan, np.float32))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    os.mkfifo(tmp_path / "pipe.npy")  # nothing writes to it: reading it would wait for ever
+    names = ["good.png", "bad.png", "five_d.npy", "words.npy", "mixed.npz", "broken.npz", "pipe.npy"]
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--model", str(model), *[str(tmp_path / name) for name in names]])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    classified = [line.split("\t")[0] for line in out.splitlines()]
+    assert classified == [f"{tmp_path}/good.png", f"{tmp_path}/mixed.npz[good][0]"]
+    errors = err.splitlines()
+    assert errors[0].startswith(f"error: {tmp_path}/bad.png: ")
+    assert errors[1:] == [
+        f"error: {tmp_path}/five_d.npy: {tmp_path}/five_d.npy has shape (1, 2, 28, 28, 1) and dtype uint8; expected "
+        f"(N, H, W) or (N, H, W, 3) numbers",
+        f"error: {tmp_path}/words.npy: {tmp_path}/words.npy has shape (1, 2, 2) and dtype <U1; expected (N, H, W) or "
+        f"(N, H, W, 3) numbers",
+        f"error: {tmp_path}/mixed.npz[nan][0]: NaN or infinite pixel values",
+        errors[4], errors[5], errors[6]]
+    assert errors[4].startswith(f"error: {tmp_path}/broken.npz: not a readable .npz file (")
+    assert errors[5] == (f"error: {tmp_path}/pipe.npy: not a regular file but a FIFO (named pipe): remove it or move "
+                         f"it elsewhere")
+    assert errors[6].startswith("predict: 2 images classified, 6 failed, ")
+
+
+def test_predict_refuses_a_top_k_under_1_a_model_of_oblong_images_and_arrays_without_images(tiny_model, tmp_path):
+    model, _ = tiny_model
+    np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
+    for k in ("0", "-1"):
+        with pytest.raises(UserError, match=f"^--top-k {k}: K must be 1 or more$"):
+            predict.main(["--model", str(model), "--top-k", k, str(tmp_path / "none.npy")])
+    with pytest.raises(UserError, match=f"^no images found in {tmp_path}/none.npy, {tmp_path}/none.npy$"):
+        predict.main(["--model", str(model), str(tmp_path / "none.npy"), str(tmp_path / "none.npy")])
+    oblong = keras_model_file(tmp_path / "oblong.keras", [keras.layers.Flatten(), keras.layers.Dense(10)], (28, 20, 1))
+    with pytest.raises(UserError, match=f"^{oblong} takes 28x20 images; predict brings images to a square$"):
+        predict.main(["--model", str(oblong), str(tmp_path / "none.npy")])
+
+
+def test_predict_sends_images_to_the_model_in_batches_of_512(tiny_model, tmp_path, monkeypatch, capsys):
+    model_path, names = tiny_model
+    digits, _ = digit_images(20, seed=13)
+    np.save(tmp_path / "many.npy", np.concatenate([digits] * 60))  # 1,200 images
+    model = open_model(str(model_path))
+    calls, original = [], model.predict
+    monkeypatch.setattr(model, "predict", lambda x, **kw: calls.append((len(x), kw)) or original(x, **kw))
+    monkeypatch.setattr(predict, "open_model", lambda path, **options: model)
+    predict.main(["--model", str(model_path), "--json", str(tmp_path / "many.npy")])
+    out = json.loads(capsys.readouterr().out)
+    assert calls == [(512, {"batch_size": 512}), (512, {"batch_size": 512}), (176, {"batch_size": 512})]
+    assert [r["label"] for r in out] == [names[tiny_probabilities(digit).argmax()] for digit in digits] * 60
+    assert [r["path"] for r in out[510:514]] == [f"{tmp_path}/many.npy[{i}]" for i in range(510, 514)]
+
+
+def test_a_colour_model_gets_each_image_in_colour(tmp_path, capsys):
+    """A model of three channels: files and arrays, grayscale or colour, brought to 28x28 colour (fit_colour), not
+    to MNIST's grayscale form."""
+    model = tiny_onnx(tmp_path / "colour.onnx", channels=3)
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (40, 30, 3), np.uint8)
+    rgb[:, :, 0] = 250  # a strong red: grayscale would lose it
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    np.save(tmp_path / "b.npy", rgb[:28, :28])
+    gray = digit_images(1, seed=6)[0][0]
+    np.save(tmp_path / "c.npy", gray)
+    predict.main(["--model", str(model), "--json", "--top-k", "10", *(str(tmp_path / n) for n in ("a.png", "b.npy",
+                                                                                                 "c.npy"))])
+    results = json.loads(capsys.readouterr().out)
+    for result, pixels in zip(results, (read_image(str(tmp_path / "a.png"), True), rgb[:28, :28], gray)):
+        p = tiny_probabilities(pixels, colour=True)
+        got = {int(t["label"]): t["probability"] for t in result["top_k"]}
+        assert [got[i] for i in range(10)] == pytest.approx(p, abs=1e-5)
+
+
+def test_help_names_every_argument(capsys):
+    with pytest.raises(SystemExit, match="^0$"):
+        predict.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    lines = ["[--top-k K] PATH [PATH ...]", "Classify your own images with the trained model.",
+             "PATH image files, folders, or .npy/.npz arrays",
+             "--model MODEL a .keras, .onnx or .tflite file or a SavedModel folder (default: models/model.onnx where "
+             "it exists, else models/model.keras)",
+             "--trust-model run a SavedModel or .tflite file that is not this project's own export: they are "
+             "programs that can read and write files",
+             "--json print one JSON array instead of lines", "--top-k K also list the K most likely classes"]
+    assert [line for line in lines if line not in text] == []
+
+
+def test_trust_model_is_a_flag_that_takes_no_value(tiny_model, tmp_path, capsys):
+    model, names = tiny_model
+    digit = digit_images(1, seed=8)[0][0]
+    np.save(tmp_path / "d.npy", digit)
+    predict.main(["--model", str(model), "--trust-model", str(tmp_path / "d.npy")])
+    label = names[tiny_probabilities(digit).argmax()]
+    assert capsys.readouterr().out.split("\t")[:2] == [f"{tmp_path}/d.npy[0]", label]
+    (tmp_path / "model.tflite").write_bytes(b"not a flatbuffer")  # a LiteRT file from elsewhere: run only if trusted
+    with pytest.raises(UserError, match="model.tflite: a LiteRT file is a program that can read and write files"):
+        predict.main(["--model", str(tmp_path / "model.tflite"), str(tmp_path / "d.npy")])
+    with pytest.raises(UserError, match="model.tflite is not a readable litert model"):
+        predict.main(["--model", str(tmp_path / "model.tflite"), "--trust-model", str(tmp_path / "d.npy")])

@@ -274,3 +274,32 @@ def test_a_missing_raw_array_is_named():
     with pytest.raises(UserError) as error:
         preprocess.check_raw(arrays, "raw.npz")
     assert str(error.value) == "raw.npz lacks the array 'class_names': run `dvc repro download` again"
+
+
+def test_main_names_the_raw_file_it_checks_and_writes_int64_labels_in_the_seeded_order(workdir, raw, capsys):
+    """In process, so mutation testing credits main with it: a bad raw file's line names that file; a training
+    split of several shards is the tail split's images in the permutation of params' seed; labels are int64; a
+    validation split of one image is one, not an empty one."""
+    from mnist_cnn.params import load_params
+
+    arrays = {**tiny_arrays(n_train=200, n_test=50), "class_names": NAMES}
+    write_npz(workdir / "bad.npz", {**arrays, "x_test": arrays["x_test"].astype(np.float32)})
+    with pytest.raises(UserError) as error:
+        preprocess.main([str(workdir / "bad.npz"), str(workdir / "out")])
+    assert str(error.value) == f"{workdir / 'bad.npz'}: x_test has dtype float32; expected uint8 pixels 0-255"
+
+    write_params(workdir, data__shard_mb=0.05)
+    preprocess.main([str(raw), str(workdir / "out")])
+    order = np.random.default_rng(load_params()["seed"]).permutation(160)
+    train = open_split(workdir / "out" / "train")
+    assert len(train.files) == 3
+    x, y = read_all(train)
+    np.testing.assert_array_equal(x[..., 0], arrays["x_train"][:160][order])
+    np.testing.assert_array_equal(y, arrays["y_train"][:160][order])
+    for split in ("train", "val", "test"):
+        with np.load(workdir / "out" / split / "part-00000.npz") as shard:
+            assert shard["y"].dtype == np.int64
+
+    write_params(workdir, data__limit=11, data__val_split=0.05)  # floor(11 * 0.95) = 10 for training, 1 held out
+    preprocess.main([str(raw), str(workdir / "one")])
+    assert [open_split(workdir / "one" / split).images for split in ("train", "val")] == [10, 1]

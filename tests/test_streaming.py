@@ -2,16 +2,19 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import CODE_ENV, SHARD_MB, run_stage, write_params
+from mnist_cnn.errors import UserError, carried_by
 from mnist_cnn.prepare import one_hot, read_split
-from mnist_cnn.shards import open_split, read_all, rows_per_shard, write_split
-from mnist_cnn.streaming import PREFETCH, SHARDS_READ, stream
+from mnist_cnn.shards import open_split, read_all, read_shard, rows_per_shard, write_split
+from mnist_cnn.streaming import PREFETCH, RAM_BUDGET, SHARDS_READ, stream
 
 
 def test_preprocess_cuts_each_split_into_shards_of_at_most_shard_mb(sharded_dir, processed_dir):
@@ -126,3 +129,153 @@ def test_streaming_memory_is_bounded_by_the_buffer_and_the_batches_not_the_datas
     bound = 2 * buffer * image + SHARDS_READ * per_shard * image + (PREFETCH + SHARDS_READ) * batch * image * 4
     assert measured["images"] == len(x) and x.nbytes > 1.5 * bound
     assert measured["growth"] < bound, f"{measured['growth'] / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB"
+
+
+def test_a_stream_without_a_seed_is_seeded_with_0(sharded_dir):
+    split = open_split(sharded_dir / "train")
+
+    def order(**seed):
+        batches = stream(split, 64, shuffle_buffer=100, **seed).as_numpy_iterator()
+        return np.concatenate([labels.argmax(axis=1) for _, labels in batches])
+
+    np.testing.assert_array_equal(order(), order(seed=0))
+    assert not np.array_equal(order(), order(seed=1))
+
+
+def test_drop_remainder_and_steps_cap_the_batches_and_the_cardinality_says_so(sharded_dir):
+    split = open_split(sharded_dir / "train")
+    x, y, names = read_split(sharded_dir / "train")  # 240 images: 7 batches of 32 and one of 16
+
+    def batches(dataset):
+        listed = list(dataset.as_numpy_iterator())
+        assert int(dataset.cardinality()) == len(listed)  # what Keras sizes an epoch by
+        return listed
+
+    whole = batches(stream(split, 32, drop_remainder=True))
+    assert [len(b[0]) for b in whole] == [32] * 7
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in whole]), x[:224])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in whole]), one_hot(y[:224], len(names)))
+    capped = batches(stream(split, 32, steps=3))
+    assert len(capped) == 3
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in capped]), x[:96])
+    assert [len(b[0]) for b in batches(stream(split, 32, steps=20))] == [32] * 7 + [16]  # no more than there are
+    assert [len(b[0]) for b in batches(stream(split, 32, steps=20, drop_remainder=True))] == [32] * 7
+
+
+def test_a_stream_without_labels_holds_the_images_alone_and_every_batch_has_a_known_shape(sharded_dir):
+    split = open_split(sharded_dir / "train")
+    x, _, _ = read_split(sharded_dir / "train")
+    images = list(stream(split, 32, labels=False).as_numpy_iterator())
+    assert all(isinstance(batch, np.ndarray) for batch in images)
+    np.testing.assert_array_equal(np.concatenate(images), x)
+    # Keras builds the model's input from these: a shape left unknown would fail there, not here
+    for shuffle_buffer in (0, 100):
+        assert stream(split, 32, shuffle_buffer=shuffle_buffer).element_spec == (
+            tf.TensorSpec((None, 28, 28, 1), tf.float32), tf.TensorSpec((None, 10), tf.float32))
+    assert stream(split, 32, labels=False).element_spec == tf.TensorSpec((None, 28, 28, 1), tf.float32)
+
+
+def interleaved(order, sizes, cycle_length):
+    """(shard, image) in the order tf.data's interleave takes them: one image of each of cycle_length open shards in
+    turn, a shard that runs out replaced in its slot by the next of order (that slot's turn is spent finding it out)."""
+    waiting, taken = list(order), []
+    slots = [[waiting.pop(0), 0] for _ in range(min(cycle_length, len(waiting)))]
+    while any(slots):
+        for i, slot in enumerate(slots):
+            if slot and slot[1] == sizes[slot[0]]:
+                slots[i] = [waiting.pop(0), 0] if waiting else None
+            elif slot:
+                taken.append(tuple(slot))
+                slot[1] += 1
+    return taken
+
+
+def test_a_shuffled_stream_reads_two_shards_at_a_time_in_a_new_order_each_epoch(sharded_dir):
+    """A buffer of one image leaves the images as the interleave takes them: shards in a seeded order, drawn anew each
+    epoch, two at a time (SHARDS_READ: the memory bound), each shard's images in their order. The same on a machine
+    of one core (built in a thread held to one): an interleave left to autotune reads as many shards as there are
+    cores, and its order changes with them."""
+    split = open_split(sharded_dir / "train")
+    where = {}
+    for shard, path in enumerate(split.files):
+        for image, pixels in enumerate(read_shard(split, path)[0]):
+            where[pixels.tobytes()] = (shard, image)
+    assert len(where) == sum(split.sizes) == 240
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})  # this thread's: TensorFlow's count of cores when it builds the pipeline
+    try:
+        dataset = stream(split, 240, shuffle_buffer=1, seed=3)
+    finally:
+        os.sched_setaffinity(0, cores)
+    orders = []
+    for _ in range(3):
+        (x, _), = dataset.as_numpy_iterator()
+        taken = [where[np.round(image * 255).astype(np.uint8).tobytes()] for image in x]
+        order = list(dict.fromkeys(shard for shard, _ in taken))  # in the order each shard first appears
+        assert taken == interleaved(order, split.sizes, SHARDS_READ)
+        orders.append(order)
+    assert sorted(orders[0]) == [0, 1, 2, 3] and orders[0] != orders[1]  # seeded, reshuffled each epoch
+
+
+def test_a_shuffled_stream_shuffles_images_with_the_seed_after_the_shards_one(processed_dir):
+    """The images go through a buffer shuffled with seed + 1 (the shards' order has seed): with one shard, the same
+    permutations, epoch after epoch, as a buffer of that size and seed gives the numbers 0, 1, 2, ..."""
+    split = open_split(processed_dir / "train")
+    x, _, _ = read_split(processed_dir / "train")
+    assert len(split.files) == 1
+    index = {image.tobytes(): i for i, image in enumerate(x)}
+    assert len(index) == len(x)
+    dataset = stream(split, len(x), shuffle_buffer=100, seed=4)
+    numbers = tf.data.Dataset.range(len(x)).shuffle(100, seed=5, reshuffle_each_iteration=True)
+    epochs = []
+    for _ in range(2):
+        (images, _), = dataset.as_numpy_iterator()
+        epochs.append([index[image.tobytes()] for image in images])
+        assert epochs[-1] == [int(i) for i in numbers]
+    assert epochs[0] != epochs[1]
+
+
+def pipeline(dataset):
+    """(op, its integer inputs, its deterministic attribute) of each dataset op of a tf.data pipeline's graph, the
+    input first. Serialized as tf.distribute and tf.data's checkpoints do: refused if the pipeline holds state."""
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph(
+        external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL).numpy())
+    ints = {node.name: int(tf.make_ndarray(node.attr["value"].tensor)) for node in graph.node
+            if node.op == "Const" and node.attr["dtype"].type == tf.int64.as_datatype_enum}
+    return [(node.op, [ints[name] for name in node.input if name in ints], node.attr["deterministic"].s.decode())
+            for node in graph.node if "Dataset" in node.op]
+
+
+def test_the_buffers_and_threads_of_a_stream_are_fixed_not_autotuned(sharded_dir):
+    """What bounds memory (docs/scaling.md) and keeps the order the same on any machine, neither of which a test on
+    one machine sees: SHARDS_READ shards read at once and in order (deterministic), interleaved SHARDS_READ at a
+    time, PREFETCH batches ahead, tf.data's autotuner held to RAM_BUDGET. Autotuned (None), the interleave would
+    read as many shards as the machine has cores, the prefetch buffer would grow over an epoch. The reads are
+    stateless: a stateful numpy_function makes the pipeline unserializable and, under op determinism (train),
+    read one shard at a time."""
+    split = open_split(sharded_dir / "train")
+    for shuffle_buffer in (0, 100):
+        dataset = stream(split, 32, shuffle_buffer=shuffle_buffer)
+        ops = [(op, ints, deterministic) for op, ints, deterministic in pipeline(dataset)
+               if op not in ("TensorSliceDataset", "ShuffleDatasetV3", "OptionsDataset")]
+        # interleave's ints: cycle_length, block_length, buffer_output_elements, prefetch_input_elements, threads
+        read = ([("ParallelInterleaveDatasetV4", [SHARDS_READ, 1, 3, 4, SHARDS_READ], "true")] if shuffle_buffer else
+                [("ParallelMapDatasetV2", [SHARDS_READ], "true"), ("FlatMapDataset", [], "")])
+        assert ops == read + [("BatchDatasetV2", [32], ""), ("ParallelMapDatasetV2", [SHARDS_READ], "true"),
+                              ("AssertCardinalityDataset", [8], ""), ("PrefetchDataset", [PREFETCH], "")]
+        assert dataset.options().autotune.ram_budget == RAM_BUDGET == 256 << 20
+
+
+def test_a_shard_changed_on_disk_stops_the_stream_with_its_one_line(sharded_dir, tmp_path):
+    shutil.copytree(sharded_dir / "train", tmp_path / "train")
+    with open(tmp_path / "train" / "part-00002.npz", "r+b") as f:  # one pixel, its size kept
+        f.seek(20_000)
+        pixel = f.read(1)
+        f.seek(20_000)
+        f.write(bytes([pixel[0] ^ 1]))
+    split = open_split(tmp_path / "train")
+    with pytest.raises(tf.errors.OpError) as raised:
+        list(stream(split, 32).as_numpy_iterator())
+    error = carried_by(raised.value)  # what the stage runner prints
+    assert isinstance(error, UserError)
+    assert str(error).startswith(f"{tmp_path / 'train' / 'part-00002.npz'} has changed since preprocess wrote it")

@@ -48,10 +48,10 @@ MODULES = {
     "streaming": ("mnist_cnn/streaming.py", ["tests/test_streaming.py"], WITHOUT_TRAINING),
     "evaluate": ("stages/evaluate.py", ["tests/test_evaluate.py", "tests/test_streaming.py", "tests/test_shards.py"],
                  WITHOUT_TRAINING),
-    "image_folders": ("mnist_cnn/image_folders.py", ["tests/test_download.py"]),
+    "image_folders": ("mnist_cnn/image_folders.py", ["tests/test_image_folders.py", "tests/test_download.py"]),
     "preprocess": ("stages/preprocess.py", ["tests/test_preprocess.py", "tests/test_shards.py",
                                             "tests/test_streaming.py"], WITHOUT_TRAINING),
-    "predict": ("mnist_cnn/predict.py", ["tests/test_predict.py"]),
+    "predict": ("mnist_cnn/predict.py", ["tests/test_predict.py"], WITHOUT_TRAINING),
     # PARAMS_SCHEMA is built by calls at import time, before a mutant is switched on: built again after
     "params": ("mnist_cnn/params.py", ["tests/test_params.py"],
                {"extra_args": ["--rebuild", "mnist_cnn.params:PARAMS_SCHEMA"]}),
@@ -59,8 +59,9 @@ MODULES = {
                                      "tests/test_download.py"]),
     "shards": ("mnist_cnn/shards.py", ["tests/test_shards.py", "tests/test_streaming.py", "tests/test_preprocess.py",
                                        "tests/test_prepare.py"], WITHOUT_TRAINING),
-    "sources": ("mnist_cnn/sources.py", ["tests/test_download.py"]),
-    "runtimes": ("mnist_cnn/runtimes.py", ["tests/test_predict.py", "tests/test_export.py"]),
+    "sources": ("mnist_cnn/sources.py", ["tests/test_sources.py", "tests/test_download.py"]),
+    "runtimes": ("mnist_cnn/runtimes.py", ["tests/test_runtimes.py", "tests/test_predict.py", "tests/test_export.py"],
+                 WITHOUT_TRAINING),
     "images": ("mnist_cnn/images.py", ["tests/test_images.py"]),
 }
 # What the tests read besides the code: copied into each module's mutants/ folder
