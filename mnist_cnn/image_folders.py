@@ -1,7 +1,7 @@
 """A dataset from a folder of images: one subfolder per class, each image normalised as predict does.
 
-The images are read and normalised by data.folder.workers processes (0: one per core); the dataset's
-bytes are the same for any number of them.
+The images are read and normalised by data.folder.workers processes (0: one per core for a folder large enough
+to pay for starting them, else this process); the dataset's bytes are the same for any number of them.
 """
 import multiprocessing
 import os
@@ -22,6 +22,28 @@ def read_one(task):
         return np.round(to_model_image(read_image(path, colour), size, colour) * 255).astype(np.uint8), None
     except BadImage as e:
         return None, str(e)
+
+
+# What reading an image costs in the stage's process (per file, per megabyte of file) and from how many seconds of
+# that a pool of one process per core is faster, starting it included: `python -m bench.folder_pool`
+# (bench/results/folder_pool.json, a 2-core AVX2 CPU: the first pool costs the stage 2.2 s, and reads 2.0x as fast).
+# More cores make the pool pay sooner; this errs on the side of one process.
+PER_FILE_S, PER_MEGABYTE_S, POOL_PAYS_FROM_S = 0.00044, 0.015, 4.5
+
+
+def processes_for(tasks, workers):
+    """data.folder.workers, and for 0 (auto) one per core if reading tasks in this process would take
+    POOL_PAYS_FROM_S or more, else 1."""
+    if workers:
+        return workers
+    megabytes = 0
+    for path, _, _ in tasks:
+        try:
+            megabytes += os.stat(path).st_size / 1e6
+        except OSError:  # read_one will say what is wrong with it
+            pass
+    pays = len(tasks) * PER_FILE_S + megabytes * PER_MEGABYTE_S >= POOL_PAYS_FROM_S
+    return (os.cpu_count() or 1) if pays else 1
 
 
 def _worker_signals():
@@ -55,7 +77,7 @@ def read_class_folders(root, class_names, folder_params):
         tasks += [(os.path.join(folder, file), folder_params["image_size"], colour) for file in files]
         labels += [label] * len(files)
         folders.append(folder)
-    workers = folder_params["workers"] or os.cpu_count() or 1
+    workers = processes_for(tasks, folder_params["workers"])
     images, kept = [], []
     for (path, _, _), label, (pixels, problem) in zip(tasks, labels, read_all(tasks, workers)):
         if problem is not None:

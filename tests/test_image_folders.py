@@ -134,14 +134,30 @@ def test_a_worker_ignores_ctrl_c_and_dies_on_sigterm():
             signal.signal(number, handler)
 
 
-def test_data_folder_workers_0_reads_on_one_process_per_core(tmp_path, monkeypatch):
+def test_data_folder_workers_0_reads_on_one_process_per_core_when_the_folder_pays_for_them(tmp_path, monkeypatch):
     root = image_folder(tmp_path / "mine", classes=("a",), per_class=2)
     asked, real = [], image_folders.read_all
     monkeypatch.setattr(image_folders, "read_all", lambda tasks, workers: asked.append(workers) or real(tasks, 1))
-    for workers, cores, used in ((0, 6, 6), (3, 6, 3), (0, None, 1)):
+    for workers, cores, pays_from, used in ((0, 6, 1e-9, 6), (0, 6, 1e9, 1), (3, 6, 1e9, 3), (0, None, 1e-9, 1)):
         monkeypatch.setattr(image_folders.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(image_folders, "POOL_PAYS_FROM_S", pays_from)
         read_class_folders(str(root), ["a"], {**PARAMS, "workers": workers})
         assert asked[-1] == used
+
+
+def test_the_pool_pays_from_the_estimated_seconds_of_its_files_and_their_megabytes(tmp_path, monkeypatch):
+    for name, size in (("a.png", 500_000), ("b.png", 250_000)):
+        (tmp_path / name).write_bytes(bytes(size))
+    tasks = [(str(tmp_path / name), 28, False) for name in ("a.png", "b.png", "gone.png")]  # gone: counted, 0 bytes
+    monkeypatch.setattr(image_folders.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(image_folders, "PER_FILE_S", 1.0)
+    monkeypatch.setattr(image_folders, "PER_MEGABYTE_S", 8.0)
+    estimate = 3 * 1.0 + 0.75 * 8.0  # 9 s
+    for pays_from, processes in ((estimate - 0.01, 4), (estimate, 4), (estimate + 0.01, 1)):
+        monkeypatch.setattr(image_folders, "POOL_PAYS_FROM_S", pays_from)
+        assert image_folders.processes_for(tasks, 0) == processes
+        assert image_folders.processes_for(tasks, 3) == 3
+    assert image_folders.processes_for([], 0) == 1
 
 
 def test_two_tasks_or_more_go_to_a_pool_in_chunks_of_an_eighth_of_each_workers_share(tmp_path, monkeypatch):
@@ -167,3 +183,62 @@ def test_two_tasks_or_more_go_to_a_pool_in_chunks_of_an_eighth_of_each_workers_s
         pools.clear()
         assert len(list(read_all(tasks[:count], workers))) == count
         assert pools == ([pool] if pool else [])
+
+
+def opened_names(directory):
+    """A context manager: the names of the files opened in directory while it is open (Linux inotify, IN_OPEN)."""
+    import contextlib
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    @contextlib.contextmanager
+    def watching():
+        fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert fd >= 0 and libc.inotify_add_watch(fd, str(directory).encode(), 0x20) >= 0  # IN_OPEN
+        names = set()
+        try:
+            yield names
+            data = b""
+            while True:
+                try:
+                    data += os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    break
+            while data:
+                _, _, _, length = struct.unpack_from("iIII", data)
+                names.add(data[16:16 + length].rstrip(b"\0").decode())
+                data = data[16 + length:]
+        finally:
+            os.close(fd)
+
+    return watching()
+
+
+def test_a_stop_reads_no_queued_image_and_leaves_no_worker_running(tmp_path, monkeypatch):
+    """A bad first image (or Ctrl-C) stops the stage: the chunks still queued are never read, and the workers have
+    ended when read_all's generator is closed. 160 links to one large image (about 30 ms each to read): 16 chunks
+    of 10, of which the stop finds at most 7 started (2 running, 3 in the call queue: Python's EXTRA_QUEUED_CALLS)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "000.png").write_bytes(b"not an image")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1000), dtype=np.uint8)).save(tmp_path / "big.png")
+    for i in range(1, 160):
+        os.link(tmp_path / "big.png", folder / f"{i:03d}.png")
+    tasks = [(str(folder / name), 28, False) for name in sorted(os.listdir(folder))]
+    workers = []
+
+    class Pool(image_folders.ProcessPoolExecutor):  # the real pool, keeping its processes to look at after it stops
+        def shutdown(self, *args, **options):
+            workers.extend(self._processes.values())
+            super().shutdown(*args, **options)
+
+    monkeypatch.setattr(image_folders, "ProcessPoolExecutor", Pool)
+    with opened_names(folder) as opened:
+        results = read_all(tasks, 2)
+        pixels, problem = next(results)
+        assert pixels is None and problem is not None
+        results.close()  # what the stage's UserError or KeyboardInterrupt does to the generator
+        assert len(workers) == 2 and not any(process.is_alive() for process in workers)
+    assert "000.png" in opened and len(opened) <= len(tasks) * 3 // 4, sorted(opened)  # none queued was read
