@@ -51,11 +51,19 @@ def pytest_configure(config):
         os.environ["MNIST_CNN_CPUINFO"] = path
 
 
-# The files that take longest (pytest --durations=100 on 2 cores), started first: xdist gives each worker a whole
-# file at a time (--dist loadfile), and a long one drawn last would run on alone after the others finished
-LONGEST_FIRST = ["test_pipeline.py", "test_experiments.py", "test_train.py", "test_reproducibility.py",
-                 "test_distribute.py", "test_shards.py", "test_predict.py", "test_download.py", "test_export.py",
-                 "test_serve.py", "test_streaming.py"]
+# The files that take longest (each file's test seconds, from a whole run on 2 cores), started first: xdist gives each
+# worker a whole file at a time (--dist loadfile), in this order (--no-loadscope-reorder in pytest.ini), and a long
+# file drawn last would run on alone after the others finished
+LONGEST_FIRST = ["test_pipeline.py", "test_experiments.py", "test_reproducibility.py", "test_train.py",
+                 "test_distribute.py", "test_export.py", "test_serve.py", "test_shards.py", "test_serve_hostile.py",
+                 "test_predict.py", "test_download.py", "test_streaming.py", "test_page.py", "test_evaluate.py",
+                 "test_machine.py", "test_preprocess.py", "test_plot.py"]
+
+
+def pytest_itemcollected(item):
+    """A test marked stage (a few seconds in a new process) is also slow: `pytest -m "not slow"` stays quick."""
+    if item.get_closest_marker("stage"):
+        item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle: the order within each file stays random

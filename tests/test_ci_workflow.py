@@ -235,6 +235,7 @@ def test_plain_skip():
 ONLY_CI = {"CI": "true", "GITHUB_ACTIONS": "true"}  # a GitHub runner: CI, but nobody installed the prerequisites
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("env, outcome", [({"MNIST_CNN_CI_PREREQUISITES": "1", **ONLY_CI}, "1 failed, 1 skipped"),
                                           (ONLY_CI, "2 skipped"), ({}, "2 skipped")])
 def test_a_skipped_ci_prerequisite_fails_only_where_ci_run_provides_it(tmp_path, env, outcome):

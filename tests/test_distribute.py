@@ -164,6 +164,7 @@ def wait_for_line(process, text, limit=120):
     return lines
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_worker_waiting_for_the_others_stops_on_sigterm_and_ctrl_c(sharded_dir, tmp_path, number):
     """Only worker 0 of 2 started: it waits, and a signal ends the wait within seconds with one line."""

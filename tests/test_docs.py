@@ -80,6 +80,7 @@ def docs_copy(tmp_path):
     return tmp_path
 
 
+@pytest.mark.stage
 def test_docs_build_in_strict_mode(docs_copy):
     result = build(docs_copy)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -89,6 +90,7 @@ def test_docs_build_in_strict_mode(docs_copy):
         assert (docs_copy / "site" / page / "index.html").exists(), page
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("damage", ["a broken link", "a broken anchor", "an orphan page"])
 def test_strict_build_fails_on_a_broken_link_or_an_orphan_page(docs_copy, damage):
     speed = docs_copy / "docs" / "speed.md"
@@ -147,6 +149,7 @@ def test_stage_deps_sample_is_its_output():
     assert sample("docs/development.md", "python -m tools.stage_deps") == result.stdout.splitlines()
 
 
+@pytest.mark.stage
 def test_dag_sample_is_its_output(tmp_path):
     copy_project(tmp_path)
     commit_all(tmp_path)

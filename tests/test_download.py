@@ -162,6 +162,7 @@ def test_stage_with_custom_npz_adds_class_names(tmp_path, arrays):
     np.testing.assert_array_equal(raw["x_train"], arrays["x_train"])
 
 
+@pytest.mark.stage
 @needs_real_mnist
 def test_real_mnist_from_local_mirror(tmp_path):
     write_params(tmp_path)
@@ -201,6 +202,7 @@ def run_folder(tmp_path, folder, **params):
     return run_stage("stages.download", "raw.npz", cwd=tmp_path)
 
 
+@pytest.mark.stage
 def test_image_folder_becomes_a_dataset_with_class_names(tmp_path):
     folder = image_folder(tmp_path / "mine")
     result = run_folder(tmp_path, folder)
@@ -250,6 +252,7 @@ def test_one_class_only_is_one_line(tmp_path):
     assert len(lines) == 1 and "has 1 class folder(s) ['only']; a classifier needs two or more" in lines[0], lines
 
 
+@pytest.mark.stage
 def test_unreadable_file_stops_or_is_skipped_as_the_param_says(tmp_path):
     folder = image_folder(tmp_path / "mine", classes=("one", "two"), per_class=10)
     (folder / "two" / "broken.png").write_bytes(b"\x89PNG not really")
@@ -379,6 +382,7 @@ def special_files(folder):
     shutil.copy(next(folder.glob("*.png")), os.path.join(os.fsencode(folder), b"caf\xe9.png"))
 
 
+@pytest.mark.stage
 def test_special_files_in_an_image_folder_are_skipped_or_stop_with_one_line(tmp_path):
     folder = image_folder(tmp_path / "mine", classes=("one", "two"), per_class=10)
     special_files(folder / "two")
@@ -396,6 +400,7 @@ def test_special_files_in_an_image_folder_are_skipped_or_stop_with_one_line(tmp_
     assert stopped.returncode == 1 and len(lines) == 1 and "dangling symbolic link" in lines[0], lines
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("workers", [1, 2])
 def test_files_that_are_not_what_they_claim_are_skipped_with_one_line_each(tmp_path, workers):
     """A DDS file named .png (Pillow's DDS plugin raised NotImplementedError, a traceback even with skip), a
@@ -413,6 +418,7 @@ def test_files_that_are_not_what_they_claim_are_skipped_with_one_line_each(tmp_p
     assert raw["y_train"].size + raw["y_test"].size == 22
 
 
+@pytest.mark.stage
 def test_an_image_folder_read_by_one_or_two_processes_gives_the_same_bytes(tmp_path):
     folder = image_folder(tmp_path / "mine", classes=("one", "two", "three"), per_class=40)
     special_files(folder / "two")  # skipped in the same places by either

@@ -40,6 +40,7 @@ def test_mnist_cnn_cpuinfo_stands_in_for_the_cpu(tmp_path, monkeypatch):
     assert machine.cpu_has_bf16(tmp_path / "bf16") is True  # a path given still wins
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("choice", ["float32", "mixed_bfloat16"])
 def test_the_suite_option_makes_auto_pick_either_precision_in_a_stage_process(tmp_path, choice):
     import subprocess

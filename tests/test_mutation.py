@@ -24,7 +24,7 @@ def test_mutmut_reads_the_settings_as_mutating_one_module_only(tmp_path, monkeyp
     assert config.should_mutate("mnist_cnn/params.py") and not config.should_mutate("mnist_cnn/files.py")
     assert config.pytest_add_cli_args_test_selection == ["tests/test_params.py"]
     assert "mnist_cnn.params:PARAMS_SCHEMA" in config.pytest_add_cli_args  # built at import: rebuilt with a mutant on
-    assert {"-n", "0", "not slow"} <= set(config.pytest_add_cli_args)  # one process; no slow tests
+    assert {"-n", "0", "not slow or stage"} <= set(config.pytest_add_cli_args)  # one process; no slow tests
     assert tomllib.loads((tmp_path / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"] == [path]
 
 

@@ -169,6 +169,7 @@ def test_params_yaml_is_read_as_yaml_1_2(workdir, line, problem):
     assert str(error.value) == f"params.yaml: {problem}"
 
 
+@pytest.mark.stage
 def test_stage_reports_bad_param_in_one_line_without_traceback(workdir):
     write_params(workdir, data__val_split=1.5)
     result = run_stage("stages.preprocess", "raw.npz", "out", cwd=workdir)

@@ -48,6 +48,7 @@ def test_plot_params_change_the_figures(plot_args, workdir):
         assert small.width * 2 == default.width
 
 
+@pytest.mark.stage
 def test_missing_training_log_is_one_line(plot_args, workdir):
     plot_args[2] = str(workdir / "no-log")
     result = run_stage("stages.plot", *plot_args, "out", cwd=workdir)

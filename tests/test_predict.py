@@ -243,6 +243,7 @@ def files_under(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("kind", ["onnx", "keras"])
 def test_predict_writes_nothing_under_home(tmp_path, request, kind):
     """onnxruntime writes a telemetry database and a device id under ~/.cache unless told not to; Keras writes
@@ -285,6 +286,7 @@ def test_files_that_are_not_what_they_claim_are_one_line_each_beside_good_ones(t
     assert len(lines) == 3 and lines[2].startswith("predict: 3 images classified, 2 failed"), lines
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("command", [("mnist_cnn.predict", "x.png"), ("mnist_cnn.serve", "--port", "1")],
                          ids=["predict", "serve"])
 def test_a_savedmodel_or_litert_file_from_elsewhere_runs_only_with_trust_model(tmp_path, command):

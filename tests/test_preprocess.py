@@ -89,6 +89,7 @@ def test_outputs_are_byte_identical_across_runs(workdir, raw):
     assert hashes[0] == hashes[1]
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("change, message", [
     (lambda a: a.update(x_train=a["x_train"][:, :, :8].reshape(200, 28, 4, 2)), "x_train has shape (200, 28, 4, 2)"),
     (lambda a: a.update(x_test=a["x_test"].astype(np.float32)), "x_test has dtype float32; expected uint8"),

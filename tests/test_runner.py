@@ -81,25 +81,35 @@ def test_a_stage_started_by_pid_1_runs_to_its_end():
     assert (result.returncode, result.stdout, result.stderr) == (0, "finished\n", "")
 
 
-def test_a_stage_whose_parent_dies_stops_and_a_command_carries_on():
+def test_a_stage_whose_parent_dies_stops_and_a_command_carries_on(tmp_path):
     """The parent (a shell standing in for `dvc repro`) is killed while its child runs: a stage stops within a
     second or so with its interrupted line; predict or serve, run by a user, are not tied to their parent."""
     import signal
     import time
-    outputs = {}
-    for name, command in (("stage", ""), ("command", "serve")):
-        log = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"runner-{os.getpid()}-{name}.log")
-        parent = subprocess.Popen(["bash", "-c", f'"{sys.executable}" -c "$0" 4 {command} > "{log}" 2>&1; true',
-                                   SLEEPER], env={**os.environ, **CODE_ENV}, start_new_session=True)
-        time.sleep(2)  # the child is running and tied to bash
+    announcing = SLEEPER.replace("def main(argv):\n", "def main(argv):\n    print('running', flush=True)\n")
+    logs, parents = {}, {}
+    # the stage would sleep 60 s: only its parent's death ends it early; the command sleeps 3 s and finishes
+    for name, seconds, command in (("stage", 60, ""), ("command", 3, "serve")):
+        logs[name] = tmp_path / f"{name}.log"
+        parents[name] = subprocess.Popen(
+            ["bash", "-c", f'"{sys.executable}" -c "$0" {seconds} {command} > "{logs[name]}" 2>&1; true', announcing],
+            env={**os.environ, **CODE_ENV}, start_new_session=True)
+
+    def wait_for(name, text, timeout=20):
+        deadline = time.time() + timeout
+        while text not in (logs[name].read_text() if logs[name].exists() else ""):
+            assert time.time() < deadline, (name, text, logs[name].read_text())
+            time.sleep(0.05)
+        return logs[name].read_text()
+
+    for name, parent in parents.items():
+        wait_for(name, "running\n")  # the child is running and tied to bash
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        time.sleep(4)
-        with open(log) as f:
-            outputs[name] = f.read()
-        os.unlink(log)
-    assert outputs["stage"].startswith("interrupted: this run wrote none of its outputs")
-    assert outputs["command"] == "finished\n"
+    started = time.time()
+    assert wait_for("stage", "interrupted").startswith("running\ninterrupted: this run wrote none of its outputs")
+    assert time.time() - started < 10  # not the 60 s of its sleep
+    assert wait_for("command", "finished\n") == "running\nfinished\n"
 
 
 def test_a_command_interrupted_says_so_without_the_stages_advice():
@@ -109,6 +119,7 @@ def test_a_command_interrupted_says_so_without_the_stages_advice():
     assert (result.returncode, result.stderr) == (130, "predict: interrupted\n")
 
 
+@pytest.mark.stage
 def test_quiet_tensorflow_keeps_what_keras_imports_for_nothing_out_and_importable_after():
     """scikit-learn, SciPy and matplotlib stay out of TensorFlow's import (a third of its time,
     bench/startup.py), and import as usual afterwards; one imported before is left as it was."""

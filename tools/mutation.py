@@ -71,13 +71,14 @@ SOURCES = ["mnist_cnn", "stages", "tools"]
 
 
 def mutmut_config(path, tests, settings=None):
-    """The [tool.mutmut] table for one module: mutate path, run tests without xdist or slow ones. settings: mutmut
-    settings of the module's own, and extra_args, more pytest arguments."""
+    """The [tool.mutmut] table for one module: mutate path, run tests without xdist or slow ones (stage ones
+    included). settings: mutmut settings of the module's own, and extra_args, more pytest arguments."""
     settings = dict(settings or {})
     extra_args = settings.pop("extra_args", [])
     return {**{"source_paths": SOURCES, "only_mutate": [path], "also_copy": ALSO_COPY,
-            "pytest_add_cli_args": ["-n", "0", "-m", "not slow", "-p", "tools.mutation", "-p", "no:cacheprovider",
-                                    *extra_args],
+            # the quick tests, and those marked stage (a few seconds in a new process), which pytest counts as slow
+            "pytest_add_cli_args": ["-n", "0", "-m", "not slow or stage", "-p", "tools.mutation",
+                                    "-p", "no:cacheprovider", *extra_args],
             "pytest_add_cli_args_test_selection": tests,
             # each mutant in a process forked from one that imported the tests but ran none: forked from a process
             # where TensorFlow had run, a mutant's process hangs on its thread pools' locks
