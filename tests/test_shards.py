@@ -291,13 +291,19 @@ def test_labels_are_read_without_the_images_and_an_unreadable_shard_is_one_line(
     assert (short(list("abcde")), short(list("abcdef")), short([])) == ("(a, b, c, d, e)", "(a, b, c, d, e, ...)", "()")
 
 
-def test_class_names_whose_bytes_were_changed_are_one_line_at_open(tmp_path):
-    """The headers read fine, but the class names' bytes fail the zip's CRC: the shard is unreadable, said in a line."""
+@pytest.mark.parametrize("names", [["a", "b", "c"], [f"class {i:04d} " * 40 for i in range(3)]])
+def test_class_names_whose_bytes_were_changed_are_one_line_at_open(tmp_path, names):
+    """The headers read fine, but the class names' bytes fail the zip's CRC: the shard is unreadable, said in a line.
+    Short names fail as their header is read (zipfile reads 4 KiB at a time, and checks the CRC at the end); names
+    of more than 4 KiB get past the header check and fail as the names themselves are read."""
     import zipfile
-    folder = tiny_split(tmp_path / "split")
+    folder = tmp_path / "split"
+    x = np.arange(13 * 20, dtype=np.uint8).reshape(13, 4, 5, 1)
+    write_split(folder, x, np.arange(13) % 3, np.array(names), shard_mb=60 / 2**20)
     shard = folder / "part-00001.npz"
     with zipfile.ZipFile(shard) as archive:
         info = archive.getinfo("class_names.npy")
+    assert (info.file_size > 4096) == (len(names[0]) > 1)
     data = bytearray(shard.read_bytes())
     end = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size
     data[end - 1] ^= 0xFF  # the last byte of the names' data, past their header
