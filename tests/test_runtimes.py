@@ -95,6 +95,11 @@ def test_top_classes_rank_by_probability_ties_in_class_order():
                                         {"label": "c", "probability": pytest.approx(0.3)}]
     assert [r["label"] for r in top_classes(p, names, 9)] == ["b", "c", "d", "a"]
     assert [r["label"] for r in top_classes(np.array([0.4, 0.1, 0.5, 0.0]), names, 1)] == ["c"]
+    # 100 classes, most of them tied: past NumPy's few-element insertion sort, its default sort is not stable
+    many = np.full(100, 0.005, np.float32)
+    many[[97, 3, 50]] = [0.2, 0.1, 0.2]
+    expected = sorted(range(100), key=lambda i: -many[i])  # Python's sort is stable
+    assert [r["label"] for r in top_classes(many, [str(i) for i in range(100)], 100)] == [str(i) for i in expected]
     assert all(type(r["probability"]) is float for r in top_classes(p, names, 4))  # JSON-ready
 
 
@@ -219,6 +224,28 @@ def test_a_savedmodel_or_litert_file_is_the_projects_own_when_the_nearest_dvc_lo
     runtimes.check_trusted(str(other), "onnx")  # an ONNX or .keras file runs from anywhere
 
 
+def test_dvc_lock_is_read_as_utf8_whatever_the_locales_encoding(tmp_path, monkeypatch):
+    """DVC writes dvc.lock in UTF-8: a path with an accent in it is the project's own under a locale of another
+    encoding too (cp1252, Windows' default; here the default of an open() not told which)."""
+    import builtins
+
+    tflite = tmp_path / "modèles" / "model.tflite"
+    tflite.parent.mkdir()
+    tflite.write_bytes(b"flatbuffer")
+    (tmp_path / "dvc.lock").write_bytes(
+        f"    - path: modèles/model.tflite\n      md5: {hashlib.md5(b'flatbuffer').hexdigest()}\n".encode())
+    assert is_own_output(str(tflite))
+
+    def cp1252_by_default(file, mode="r", *args, encoding=None, **options):
+        return builtins.open(file, mode, *args, encoding=encoding or ("cp1252" if "b" not in mode else None),
+                             **options)
+
+    monkeypatch.setattr(runtimes, "open", cp1252_by_default, raising=False)
+    assert is_own_output(str(tflite))
+    with cp1252_by_default(tmp_path / "dvc.lock") as f:
+        assert "path: modÃ¨les/model.tflite" in f.read()  # what a read in the locale's encoding would find
+
+
 def test_the_default_model_is_the_onnx_export_where_it_exists(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runtimes.default_model() == "models/model.keras"
@@ -331,6 +358,7 @@ def test_onnxruntime_runs_on_the_cpu_with_the_threads_asked_and_logs_errors_only
 
 def test_the_class_count_is_the_last_axis_of_a_models_output(tmp_path):
     """An output of (images, 1, 784): 784 classes, the size of its last axis, whatever the axes before it."""
+    import keras
     import onnx
     import tensorflow as tf
     from onnx import TensorProto, helper, numpy_helper
@@ -352,3 +380,8 @@ def test_the_class_count_is_the_last_axis_of_a_models_output(tmp_path):
     module = Deep()
     tf.saved_model.save(module, str(tmp_path / "deep"), signatures={"serving_default": module.serve})
     assert open_model(str(tmp_path / "deep"), trust=True).num_classes == 784
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "deep"))
+    (tmp_path / "deep.tflite").write_bytes(converter.convert())
+    assert open_model(str(tmp_path / "deep.tflite"), trust=True).num_classes == 784
+    keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Reshape((1, 784))]).save(tmp_path / "deep.keras")
+    assert open_model(str(tmp_path / "deep.keras")).num_classes == 784
