@@ -55,6 +55,9 @@ def test_predict_runs_the_batches_it_is_given_and_a_fixed_batch_pads_with_blank_
     litert = Classifier("m.tflite", "litert", [1, 1, 1, 1], 3, run_batch)  # resizes its input itself
     assert litert.fixed_batch is None and litert.predict(x, batch_size=4).shape == (5, 3)
     assert [len(batch) for batch in seen] == [4, 1]
+    seen.clear()
+    assert free.predict(np.ones((1000, 1, 1, 1))).shape == (1000, 3)  # in batches of 512 unless told
+    assert [len(batch) for batch in seen] == [512, 488]
     for shape, size in (([None, 1, 1, 1], None), ([None, 1, 1, 1], 0), ([None, 1, 1, 1], "3")):
         with pytest.raises(UserError, match=r"^m.keras has an output of unknown size: run `dvc repro --force train`$"):
             Classifier("m.keras", "keras", shape, size, run_batch)
