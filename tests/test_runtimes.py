@@ -47,6 +47,7 @@ def test_predict_runs_the_batches_it_is_given_and_a_fixed_batch_pads_with_blank_
     np.testing.assert_array_equal(free.predict(x, batch_size=2), np.arange(3) + x.reshape(5, 1))
     assert [batch.ravel().tolist() for batch in seen] == [[1, 2], [3, 4], [5]]
     assert all(batch.dtype == np.float32 for batch in seen)
+    assert free.predict(x).dtype == np.float32  # what the runtime returned was float64
     seen.clear()
     fixed = Classifier("m.onnx", "onnx", [3, 1, 1, 1], 3, run_batch)
     assert fixed.predict(x, batch_size=2).shape == (5, 3)  # its own batch of 3, not the 2 asked
