@@ -64,6 +64,13 @@ def test_predict_runs_the_batches_it_is_given_and_a_fixed_batch_pads_with_blank_
             Classifier("m.keras", "keras", shape, size, run_batch)
     with pytest.raises(UserError, match=r"^m.onnx has an output of unknown size: run `dvc repro --force export`$"):
         Classifier("m.onnx", "onnx", [None, 1, 1, 1], -1, run_batch)
+    for path, format, stage in (("m.onnx", "onnx", "exported; run `dvc repro --force export`"),
+                                ("m.tflite", "litert", "exported; run `dvc repro --force export`"),
+                                ("m.keras", "keras", "trained; run `dvc repro --force train`")):
+        with pytest.raises(UserError) as error:  # the stage that writes a file of its format
+            Classifier(path, format, [None, 1, 1, 5], 3, run_batch)
+        assert str(error.value) == (f"{path} takes inputs of shape (None, 1, 1, 5), not images of (height, width, 1 "
+                                    f"or 3): it is not a model this pipeline {stage}")
     assert Classifier("m.onnx", "onnx", [0, 1, 1, 1], 1, run_batch).fixed_batch is None
     assert Classifier("m.onnx", "onnx", ["N", 1, 1, 1], 1, run_batch).fixed_batch is None
 
