@@ -322,11 +322,16 @@ def first_pixels_model(folder, batch=None):
 def test_a_savedmodel_and_a_litert_file_classify_as_their_graph_computes(tmp_path, monkeypatch):
     from ai_edge_litert import interpreter
 
-    threads, real = [], interpreter.Interpreter
+    threads, resized, real = [], [], interpreter.Interpreter
+
+    class Counting(real):
+        def resize_tensor_input(self, index, shape, *args, **options):
+            resized.append(shape[0])
+            return super().resize_tensor_input(index, shape, *args, **options)
 
     def litert(model_path, num_threads):  # LiteRT's threads per inference: the server asks for one
         threads.append(num_threads)
-        return real(model_path=model_path, num_threads=num_threads)
+        return Counting(model_path=model_path, num_threads=num_threads)
 
     monkeypatch.setattr(interpreter, "Interpreter", litert)
     saved, tflite = first_pixels_model(tmp_path / "first")
@@ -338,11 +343,11 @@ def test_a_savedmodel_and_a_litert_file_classify_as_their_graph_computes(tmp_pat
         assert (model.format, model.image_shape, model.num_classes, model.fixed_batch) == (format, (28, 28, 1), 10,
                                                                                            None)
         assert model.path == str(path)
-        for count in (5, 2, 5):  # LiteRT's input resized to each batch as it comes
+        for count in (5, 2, 2, 5):  # LiteRT's input resized to each batch as it comes
             np.testing.assert_allclose(model.predict(x[:count], batch_size=count), expected[:count], atol=1e-6)
         with pytest.raises(UserError, match="is a program that can read and write files"):
             open_model(str(path))
-    assert threads == [1]
+    assert threads == [1] and resized == [5, 2, 5]  # not again for a batch of the size it has
     np.testing.assert_allclose(open_model(str(tflite), trust=True).predict(x), expected, atol=1e-6)  # threads=0
     assert threads == [1, None]  # 0: LiteRT's default
 
