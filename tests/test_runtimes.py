@@ -151,6 +151,15 @@ def test_open_model_turns_a_runtimes_error_without_text_into_its_name(tmp_path, 
         monkeypatch.chdir(tmp_path)
         open_model("m.onnx")
 
+    def says(path, threads):
+        raise RuntimeError("  [ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed\n  at line 2\n")
+
+    monkeypatch.setitem(runtimes.__dict__, "_onnx", says)
+    with pytest.raises(UserError) as error:  # the first line of the runtime's message, stripped
+        open_model("m.onnx")
+    assert str(error.value) == ("m.onnx is not a readable onnx model ([ONNXRuntimeError] : 7 : INVALID_PROTOBUF : "
+                                "Load model failed): run `dvc repro --force export`")
+
     def breaks(path, threads):
         raise ImportError("a broken onnxruntime")
 
@@ -160,10 +169,15 @@ def test_open_model_turns_a_runtimes_error_without_text_into_its_name(tmp_path, 
         open_model("m.onnx")
 
 
-def test_a_missing_runtime_is_named_with_the_command_that_installs_it(monkeypatch):
+def test_a_missing_runtime_is_named_with_the_command_that_installs_it(tmp_path, monkeypatch):
     absent = {"tensorflow", "onnxruntime"}
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else find_spec(name, *a))
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(UserError) as error:  # before the file is read: the model's path, and what to install
+        open_model(str(tmp_path / "m.onnx"))
+    assert str(error.value) == (f"{tmp_path}/m.onnx: onnx models need onnxruntime, not installed here: `pip install "
+                                f"onnxruntime`")
     with pytest.raises(UserError) as error:
         runtimes.check_runtime("m.keras", "keras")
     assert str(error.value) == ("m.keras: keras models need tensorflow, not installed here: `pip install tensorflow`, "
