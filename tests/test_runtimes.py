@@ -169,15 +169,10 @@ def test_open_model_turns_a_runtimes_error_without_text_into_its_name(tmp_path, 
         open_model("m.onnx")
 
 
-def test_a_missing_runtime_is_named_with_the_command_that_installs_it(tmp_path, monkeypatch):
+def test_a_missing_runtime_is_named_with_the_command_that_installs_it(monkeypatch):
     absent = {"tensorflow", "onnxruntime"}
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else find_spec(name, *a))
-    (tmp_path / "m.onnx").write_bytes(b"")
-    with pytest.raises(UserError) as error:  # before the file is read: the model's path, and what to install
-        open_model(str(tmp_path / "m.onnx"))
-    assert str(error.value) == (f"{tmp_path}/m.onnx: onnx models need onnxruntime, not installed here: `pip install "
-                                f"onnxruntime`")
     with pytest.raises(UserError) as error:
         runtimes.check_runtime("m.keras", "keras")
     assert str(error.value) == ("m.keras: keras models need tensorflow, not installed here: `pip install tensorflow`, "
@@ -203,6 +198,17 @@ def test_a_missing_runtime_is_named_with_the_command_that_installs_it(tmp_path, 
     runtimes.check_runtime("m.keras", "keras")  # without load, only found
     with pytest.raises(UserError, match=r"^m.keras: keras models need keras, not installed here: `pip install keras`"):
         runtimes.check_runtime("m.keras", "keras", load=True)
+
+
+def test_open_model_names_the_model_whose_runtime_is_missing_before_reading_it(tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
+                        find_spec(name, *a))
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(UserError) as error:
+        open_model(str(tmp_path / "m.onnx"))
+    assert str(error.value) == (f"{tmp_path}/m.onnx: onnx models need onnxruntime, not installed here: `pip install "
+                                f"onnxruntime`")
 
 
 def dir_md5(folder):
@@ -388,7 +394,6 @@ def test_onnxruntime_runs_on_the_cpu_with_the_threads_asked_and_logs_errors_only
 
 def test_the_class_count_is_the_last_axis_of_a_models_output(tmp_path):
     """An output of (images, 1, 784): 784 classes, the size of its last axis, whatever the axes before it."""
-    import keras
     import onnx
     import tensorflow as tf
     from onnx import TensorProto, helper, numpy_helper
@@ -410,8 +415,16 @@ def test_the_class_count_is_the_last_axis_of_a_models_output(tmp_path):
     module = Deep()
     tf.saved_model.save(module, str(tmp_path / "deep"), signatures={"serving_default": module.serve})
     assert open_model(str(tmp_path / "deep"), trust=True).num_classes == 784
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "deep"))
+
+
+def test_a_keras_or_litert_models_class_count_is_the_last_axis_of_its_output_too(tmp_path):
+    """The same (images, 1, 784) output from a .keras file and from a LiteRT file: 784 classes, not 1."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Reshape((1, 784))])
+    model.save(tmp_path / "deep.keras")
+    assert model.output_shape == (None, 1, 784) and open_model(str(tmp_path / "deep.keras")).num_classes == 784
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     (tmp_path / "deep.tflite").write_bytes(converter.convert())
     assert open_model(str(tmp_path / "deep.tflite"), trust=True).num_classes == 784
-    keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Reshape((1, 784))]).save(tmp_path / "deep.keras")
-    assert open_model(str(tmp_path / "deep.keras")).num_classes == 784
