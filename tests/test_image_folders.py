@@ -150,9 +150,9 @@ def test_the_pool_pays_from_the_estimated_seconds_of_its_files_and_their_megabyt
         (tmp_path / name).write_bytes(bytes(size))
     tasks = [(str(tmp_path / name), 28, False) for name in ("a.png", "b.png", "gone.png")]  # gone: counted, 0 bytes
     monkeypatch.setattr(image_folders.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(image_folders, "PER_FILE_S", 1.0)
+    monkeypatch.setattr(image_folders, "PER_FILE_S", 0.5)
     monkeypatch.setattr(image_folders, "PER_MEGABYTE_S", 8.0)
-    estimate = 3 * 1.0 + 0.75 * 8.0  # 9 s
+    estimate = 3 * 0.5 + 0.75 * 8.0  # 7.5 s
     for pays_from, processes in ((estimate - 0.01, 4), (estimate, 4), (estimate + 0.01, 1)):
         monkeypatch.setattr(image_folders, "POOL_PAYS_FROM_S", pays_from)
         assert image_folders.processes_for(tasks, 0) == processes

@@ -47,6 +47,7 @@ def test_predict_runs_the_batches_it_is_given_and_a_fixed_batch_pads_with_blank_
     np.testing.assert_array_equal(free.predict(x, batch_size=2), np.arange(3) + x.reshape(5, 1))
     assert [batch.ravel().tolist() for batch in seen] == [[1, 2], [3, 4], [5]]
     assert all(batch.dtype == np.float32 for batch in seen)
+    assert free.predict(x).dtype == np.float32  # what the runtime returned was float64
     seen.clear()
     fixed = Classifier("m.onnx", "onnx", [3, 1, 1, 1], 3, run_batch)
     assert fixed.predict(x, batch_size=2).shape == (5, 3)  # its own batch of 3, not the 2 asked
@@ -55,11 +56,21 @@ def test_predict_runs_the_batches_it_is_given_and_a_fixed_batch_pads_with_blank_
     litert = Classifier("m.tflite", "litert", [1, 1, 1, 1], 3, run_batch)  # resizes its input itself
     assert litert.fixed_batch is None and litert.predict(x, batch_size=4).shape == (5, 3)
     assert [len(batch) for batch in seen] == [4, 1]
+    seen.clear()
+    assert free.predict(np.ones((1000, 1, 1, 1))).shape == (1000, 3)  # in batches of 512 unless told
+    assert [len(batch) for batch in seen] == [512, 488]
     for shape, size in (([None, 1, 1, 1], None), ([None, 1, 1, 1], 0), ([None, 1, 1, 1], "3")):
         with pytest.raises(UserError, match=r"^m.keras has an output of unknown size: run `dvc repro --force train`$"):
             Classifier("m.keras", "keras", shape, size, run_batch)
     with pytest.raises(UserError, match=r"^m.onnx has an output of unknown size: run `dvc repro --force export`$"):
         Classifier("m.onnx", "onnx", [None, 1, 1, 1], -1, run_batch)
+    for path, format, stage in (("m.onnx", "onnx", "exported; run `dvc repro --force export`"),
+                                ("m.tflite", "litert", "exported; run `dvc repro --force export`"),
+                                ("m.keras", "keras", "trained; run `dvc repro --force train`")):
+        with pytest.raises(UserError) as error:  # the stage that writes a file of its format
+            Classifier(path, format, [None, 1, 1, 5], 3, run_batch)
+        assert str(error.value) == (f"{path} takes inputs of shape (None, 1, 1, 5), not images of (height, width, 1 "
+                                    f"or 3): it is not a model this pipeline {stage}")
     assert Classifier("m.onnx", "onnx", [0, 1, 1, 1], 1, run_batch).fixed_batch is None
     assert Classifier("m.onnx", "onnx", ["N", 1, 1, 1], 1, run_batch).fixed_batch is None
 
@@ -95,6 +106,11 @@ def test_top_classes_rank_by_probability_ties_in_class_order():
                                         {"label": "c", "probability": pytest.approx(0.3)}]
     assert [r["label"] for r in top_classes(p, names, 9)] == ["b", "c", "d", "a"]
     assert [r["label"] for r in top_classes(np.array([0.4, 0.1, 0.5, 0.0]), names, 1)] == ["c"]
+    # 100 classes, most of them tied: past NumPy's few-element insertion sort, its default sort is not stable
+    many = np.full(100, 0.005, np.float32)
+    many[[97, 3, 50]] = [0.2, 0.1, 0.2]
+    expected = sorted(range(100), key=lambda i: -many[i])  # Python's sort is stable
+    assert [r["label"] for r in top_classes(many, [str(i) for i in range(100)], 100)] == [str(i) for i in expected]
     assert all(type(r["probability"]) is float for r in top_classes(p, names, 4))  # JSON-ready
 
 
@@ -135,6 +151,15 @@ def test_open_model_turns_a_runtimes_error_without_text_into_its_name(tmp_path, 
         monkeypatch.chdir(tmp_path)
         open_model("m.onnx")
 
+    def says(path, threads):
+        raise RuntimeError("  [ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed\n  at line 2\n")
+
+    monkeypatch.setitem(runtimes.__dict__, "_onnx", says)
+    with pytest.raises(UserError) as error:  # the first line of the runtime's message, stripped
+        open_model("m.onnx")
+    assert str(error.value) == ("m.onnx is not a readable onnx model ([ONNXRuntimeError] : 7 : INVALID_PROTOBUF : "
+                                "Load model failed): run `dvc repro --force export`")
+
     def breaks(path, threads):
         raise ImportError("a broken onnxruntime")
 
@@ -173,6 +198,17 @@ def test_a_missing_runtime_is_named_with_the_command_that_installs_it(monkeypatc
     runtimes.check_runtime("m.keras", "keras")  # without load, only found
     with pytest.raises(UserError, match=r"^m.keras: keras models need keras, not installed here: `pip install keras`"):
         runtimes.check_runtime("m.keras", "keras", load=True)
+
+
+def test_open_model_names_the_model_whose_runtime_is_missing_before_reading_it(tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
+                        find_spec(name, *a))
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(UserError) as error:
+        open_model(str(tmp_path / "m.onnx"))
+    assert str(error.value) == (f"{tmp_path}/m.onnx: onnx models need onnxruntime, not installed here: `pip install "
+                                f"onnxruntime`")
 
 
 def dir_md5(folder):
@@ -217,6 +253,28 @@ def test_a_savedmodel_or_litert_file_is_the_projects_own_when_the_nearest_dvc_lo
     with pytest.raises(UserError, match="a LiteRT file is a program that can read and write files"):
         runtimes.check_trusted(str(other), "litert")
     runtimes.check_trusted(str(other), "onnx")  # an ONNX or .keras file runs from anywhere
+
+
+def test_dvc_lock_is_read_as_utf8_whatever_the_locales_encoding(tmp_path, monkeypatch):
+    """DVC writes dvc.lock in UTF-8: a path with an accent in it is the project's own under a locale of another
+    encoding too (cp1252, Windows' default; here the default of an open() not told which)."""
+    import builtins
+
+    tflite = tmp_path / "modèles" / "model.tflite"
+    tflite.parent.mkdir()
+    tflite.write_bytes(b"flatbuffer")
+    (tmp_path / "dvc.lock").write_bytes(
+        f"    - path: modèles/model.tflite\n      md5: {hashlib.md5(b'flatbuffer').hexdigest()}\n".encode())
+    assert is_own_output(str(tflite))
+
+    def cp1252_by_default(file, mode="r", *args, encoding=None, **options):
+        return builtins.open(file, mode, *args, encoding=encoding or ("cp1252" if "b" not in mode else None),
+                             **options)
+
+    monkeypatch.setattr(runtimes, "open", cp1252_by_default, raising=False)
+    assert is_own_output(str(tflite))
+    with cp1252_by_default(tmp_path / "dvc.lock") as f:
+        assert "path: modÃ¨les/model.tflite" in f.read()  # what a read in the locale's encoding would find
 
 
 def test_the_default_model_is_the_onnx_export_where_it_exists(tmp_path, monkeypatch):
@@ -284,11 +342,16 @@ def first_pixels_model(folder, batch=None):
 def test_a_savedmodel_and_a_litert_file_classify_as_their_graph_computes(tmp_path, monkeypatch):
     from ai_edge_litert import interpreter
 
-    threads, real = [], interpreter.Interpreter
+    threads, resized, real = [], [], interpreter.Interpreter
+
+    class Counting(real):
+        def resize_tensor_input(self, index, shape, *args, **options):
+            resized.append(shape[0])
+            return super().resize_tensor_input(index, shape, *args, **options)
 
     def litert(model_path, num_threads):  # LiteRT's threads per inference: the server asks for one
         threads.append(num_threads)
-        return real(model_path=model_path, num_threads=num_threads)
+        return Counting(model_path=model_path, num_threads=num_threads)
 
     monkeypatch.setattr(interpreter, "Interpreter", litert)
     saved, tflite = first_pixels_model(tmp_path / "first")
@@ -300,11 +363,11 @@ def test_a_savedmodel_and_a_litert_file_classify_as_their_graph_computes(tmp_pat
         assert (model.format, model.image_shape, model.num_classes, model.fixed_batch) == (format, (28, 28, 1), 10,
                                                                                            None)
         assert model.path == str(path)
-        for count in (5, 2, 5):  # LiteRT's input resized to each batch as it comes
+        for count in (5, 2, 2, 5):  # LiteRT's input resized to each batch as it comes
             np.testing.assert_allclose(model.predict(x[:count], batch_size=count), expected[:count], atol=1e-6)
         with pytest.raises(UserError, match="is a program that can read and write files"):
             open_model(str(path))
-    assert threads == [1]
+    assert threads == [1] and resized == [5, 2, 5]  # not again for a batch of the size it has
     np.testing.assert_allclose(open_model(str(tflite), trust=True).predict(x), expected, atol=1e-6)  # threads=0
     assert threads == [1, None]  # 0: LiteRT's default
 
@@ -352,3 +415,16 @@ def test_the_class_count_is_the_last_axis_of_a_models_output(tmp_path):
     module = Deep()
     tf.saved_model.save(module, str(tmp_path / "deep"), signatures={"serving_default": module.serve})
     assert open_model(str(tmp_path / "deep"), trust=True).num_classes == 784
+
+
+def test_a_keras_or_litert_models_class_count_is_the_last_axis_of_its_output_too(tmp_path):
+    """The same (images, 1, 784) output from a .keras file and from a LiteRT file: 784 classes, not 1."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Reshape((1, 784))])
+    model.save(tmp_path / "deep.keras")
+    assert model.output_shape == (None, 1, 784) and open_model(str(tmp_path / "deep.keras")).num_classes == 784
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    (tmp_path / "deep.tflite").write_bytes(converter.convert())
+    assert open_model(str(tmp_path / "deep.tflite"), trust=True).num_classes == 784
