@@ -38,11 +38,11 @@ def make_images(root, kind, count, rng):
             pixels = np.zeros((28, 28), np.uint8)
             pixels[6:22, 10 + i % 4:14 + i % 4] = 255
             pixels = np.clip(pixels.astype(int) + rng.integers(0, 40, pixels.shape), 0, 255).astype(np.uint8)
-            path = os.path.join(root, f"{i:05d}.png")
+            path, options = os.path.join(root, f"{i:05d}.png"), {}
         else:
             pixels = rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
-            path = os.path.join(root, f"{i:05d}.jpg")
-        Image.fromarray(pixels).save(path, quality=90) if kind == "large" else Image.fromarray(pixels).save(path)
+            path, options = os.path.join(root, f"{i:05d}.jpg"), {"quality": 90}
+        Image.fromarray(pixels).save(path, **options)
         paths.append(path)
     return paths
 

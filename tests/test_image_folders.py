@@ -1,7 +1,10 @@
 """image_folders in process: a folder of class subfolders read into arrays, compared with each image read apart;
 the errors, one line each. tests/test_download.py runs the same through the download stage."""
+import contextlib
+import ctypes
 import os
 import signal
+import struct
 
 import numpy as np
 import pytest
@@ -185,35 +188,27 @@ def test_two_tasks_or_more_go_to_a_pool_in_chunks_of_an_eighth_of_each_workers_s
         assert pools == ([pool] if pool else [])
 
 
+@contextlib.contextmanager
 def opened_names(directory):
-    """A context manager: the names of the files opened in directory while it is open (Linux inotify, IN_OPEN)."""
-    import contextlib
-    import ctypes
-    import struct
-
+    """The names of the files opened in directory while the context is open (Linux inotify, IN_OPEN)."""
     libc = ctypes.CDLL(None, use_errno=True)
-
-    @contextlib.contextmanager
-    def watching():
-        fd = libc.inotify_init1(os.O_NONBLOCK)
-        assert fd >= 0 and libc.inotify_add_watch(fd, str(directory).encode(), 0x20) >= 0  # IN_OPEN
-        names = set()
-        try:
-            yield names
-            data = b""
-            while True:
-                try:
-                    data += os.read(fd, 1 << 16)
-                except BlockingIOError:
-                    break
-            while data:
-                _, _, _, length = struct.unpack_from("iIII", data)
-                names.add(data[16:16 + length].rstrip(b"\0").decode())
-                data = data[16 + length:]
-        finally:
-            os.close(fd)
-
-    return watching()
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert fd >= 0 and libc.inotify_add_watch(fd, str(directory).encode(), 0x20) >= 0  # IN_OPEN
+    names = set()
+    try:
+        yield names
+        data = b""
+        while True:
+            try:
+                data += os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+        while data:
+            _, _, _, length = struct.unpack_from("iIII", data)
+            names.add(data[16:16 + length].rstrip(b"\0").decode())
+            data = data[16 + length:]
+    finally:
+        os.close(fd)
 
 
 def test_a_stop_reads_no_queued_image_and_leaves_no_worker_running(tmp_path, monkeypatch):
