@@ -15,7 +15,6 @@ from mnist_cnn.runner import quiet_tensorflow, run
 quiet_tensorflow()  # before keras, so TensorFlow starts without its log lines
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
 
 from mnist_cnn.calibration import calibration, reliability  # noqa: E402
 from mnist_cnn.errors import UserError  # noqa: E402
@@ -29,8 +28,16 @@ from mnist_cnn.streaming import stream  # noqa: E402
 
 def class_report(y_true, y_pred, class_names):
     """Rows of (class, precision, recall, F1), one per class in the dataset's order."""
-    labels = list(range(len(class_names)))
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    classes = len(class_names)
+    confusion = np.bincount(np.asarray(y_true) * classes + np.asarray(y_pred), minlength=classes * classes)
+    confusion = confusion.reshape(classes, classes)  # rows: true class, columns: predicted
+    right, predicted, actual = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
+
+    def ratio(count, total):  # 0 where a class has no image to count (never predicted, or never true)
+        return np.divide(count, total, out=np.zeros(classes), where=total > 0)
+
+    # F1 as 2 TP / (2 TP + FP + FN), scikit-learn's formula, to the bit
+    precision, recall, f1 = ratio(right, predicted), ratio(right, actual), ratio(2 * right, actual + predicted)
     return [(name, float(p), float(r), float(f)) for name, p, r, f in zip(class_names, precision, recall, f1)]
 
 

@@ -1,11 +1,14 @@
 """The plot stage: the four figures, real PNGs, deterministic bytes, params that change them."""
 import hashlib
+import io
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import run_stage, tiny_arrays, write_params
+from mnist_cnn.errors import UserError
 from mnist_cnn.files import write_npz
 from stages import plot
 
@@ -55,4 +58,41 @@ def test_missing_training_log_is_one_line(plot_args, workdir):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not found: run `dvc repro train`" in lines[0]
+    assert not (workdir / "out").exists()
+
+
+def figure_bytes(fig):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=50, metadata=plot.PNG_METADATA)
+    return buffer.getvalue()
+
+
+def test_confusion_matrix_counts_each_pair_and_draws_what_scikit_learns_display_draws():
+    """The counts by hand (true class per row): 1234 right a's (written 1234, where .2g would write 1.2e+03),
+    b read as a twice, c never predicted; and the figure pixel for pixel scikit-learn's, whose import the
+    stage saves."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+    actual = ["a"] * 1234 + ["b"] * 5 + ["c"] * 3
+    predicted = ["a"] * 1234 + ["a", "a", "b", "b", "b"] + ["b", "a", "a"]
+    names = ["a", "b", "c"]
+    fig = plot.confusion_matrix(actual, predicted, names)
+    cells = {(round(text.get_position()[1]), round(text.get_position()[0])): text.get_text()
+             for text in fig.axes[0].texts}
+    assert cells == {(0, 0): "1234", (0, 1): "0", (0, 2): "0", (1, 0): "2", (1, 1): "3", (1, 2): "0",
+                     (2, 0): "2", (2, 1): "1", (2, 2): "0"}
+    ours = figure_bytes(fig)
+    theirs, ax = plt.subplots(figsize=fig.get_size_inches())
+    ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=names, ax=ax, cmap="Blues", colorbar=False,
+                                            xticks_rotation=45)
+    ax.set_title(fig.axes[0].get_title())
+    theirs.tight_layout()
+    assert figure_bytes(theirs) == ours
+
+
+def test_predictions_naming_a_class_the_dataset_lacks_are_a_user_error_before_any_figure(plot_args, workdir):
+    predictions = workdir / "p.csv"
+    with open(plot_args[3]) as f:
+        predictions.write_text(f.read().replace("\n7,", "\nseven,", 1))
+    with pytest.raises(UserError, match=r"p.csv names classes the dataset does not have \(seven\): run `dvc repro`"):
+        plot.main(plot_args[:3] + [str(predictions), str(workdir / "out")])
     assert not (workdir / "out").exists()
