@@ -17,21 +17,24 @@ from keras import layers  # noqa: E402
 
 class RandomAffine(layers.Layer):
     """Random rotation, zoom and shift of each training image, composed into one affine map and
-    resampled once (bilinear, black outside), then Gaussian noise on each pixel; the identity at
+    resampled once (bilinear, black outside), then Gaussian noise on each pixel, then a random
+    rectangle of one random grey over half of the images (random erasing); the identity at
     inference, and left out of the saved model (inference_model). Keras' RandomRotation, RandomZoom
     and RandomTranslation in a row would interpolate three times, blurring the training images away
     from the crisp test images.
 
     rotation: up to this many degrees either way; zoom: scale by 1 +- up to this fraction (same for
     both axes); shift: up to this fraction of the height and width; noise: the noise's standard
-    deviation. Draws come from a seeded Keras SeedGenerator, so a seeded run repeats them. Every draw
+    deviation; erase: the rectangle's largest area, as a fraction of the image's (its aspect ratio
+    between 1:3 and 3:1, anywhere, clipped by the border; Zhong et al. 2017). Draws come from a seeded Keras SeedGenerator, so a seeded run repeats them. Every draw
     is scaled by `strength`: 1, or 0 to pass the images through unchanged (AugmentationOff sets it
     for the last epochs).
     """
 
-    def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, noise=0.0, **kwargs):
+    def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, noise=0.0, erase=0.0, stroke=0.0, **kwargs):
         super().__init__(**kwargs)
         self.rotation, self.zoom, self.shift, self.seed, self.noise = rotation, zoom, shift, seed, noise
+        self.erase, self.stroke = erase, stroke
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.strength = self.add_weight(shape=(), initializer="ones", trainable=False, name="strength")
 
@@ -55,14 +58,45 @@ class RandomAffine(layers.Layer):
         outputs = tf.raw_ops.ImageProjectiveTransformV3(
             images=inputs, transforms=transforms, output_shape=[height, width], fill_value=0.0,
             interpolation="BILINEAR", fill_mode="CONSTANT")
-        if not self.noise:  # no draw at all: runs without noise repeat the earlier ones exactly
-            return outputs
-        return outputs + keras.random.normal(tf.shape(outputs), stddev=self.noise,
-                                             seed=self.seed_generator) * self.strength
+        if self.stroke:
+            outputs = self.restroked(outputs, batch)
+        if self.noise:  # no draw at all without it: runs without noise repeat the earlier ones exactly
+            outputs += keras.random.normal(tf.shape(outputs), stddev=self.noise, seed=self.seed_generator) * self.strength
+        if self.erase:
+            outputs = self.erased(outputs, batch, height, width)
+        return outputs
+
+    def restroked(self, images, batch):
+        """Strokes thinner or thicker: each image moved towards its 3x3 grey erosion or dilation by a random
+        fraction of up to `stroke` (one pixel off or onto each side of every stroke at 1)."""
+        amount = keras.random.uniform((batch,), -self.stroke, self.stroke, seed=self.seed_generator)
+        amount = (amount * self.strength)[:, None, None, None]
+        thicker = tf.nn.max_pool2d(images, 3, 1, "SAME")
+        thinner = -tf.nn.max_pool2d(-images, 3, 1, "SAME")
+        return images + tf.maximum(amount, 0) * (thicker - images) + tf.maximum(-amount, 0) * (thinner - images)
+
+    def erased(self, images, batch, height, width):
+        """A rectangle of one random grey (0-1) over each image, at random on half of them."""
+        def draw(low=0.0, high=1.0):
+            return keras.random.uniform((batch,), low, high, seed=self.seed_generator)
+
+        area = draw(0.0, self.erase) * height * width
+        aspect = tf.exp(draw(-math.log(3), math.log(3)))  # height / width
+        h, w = tf.sqrt(area * aspect), tf.sqrt(area / aspect)
+        top, left = draw() * (height + h) - h, draw() * (width + w) - w  # may hang over any edge
+        rows = tf.range(height, dtype=tf.float32)[None, :, None]
+        columns = tf.range(width, dtype=tf.float32)[None, None, :]
+        inside = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
+                  & (columns >= left[:, None, None]) & (columns < (left + w)[:, None, None]))
+        on = (draw() < 0.5)[:, None, None] & inside
+        mask = tf.cast(on, images.dtype)[..., None] * self.strength
+        grey = draw()[:, None, None, None]
+        return images * (1 - mask) + grey * mask
 
     def get_config(self):
         return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
-                "seed": self.seed, "noise": self.noise}
+                "seed": self.seed, "noise": self.noise, "erase": self.erase,
+                "stroke": self.stroke}
 
 
 class AugmentationOff(keras.callbacks.Callback):
@@ -80,7 +114,7 @@ class AugmentationOff(keras.callbacks.Callback):
 
 
 def augments(augment):
-    return any(augment[key] for key in ("rotation", "shift", "zoom", "noise"))
+    return any(augment[key] for key in ("rotation", "shift", "zoom", "noise", "erase", "stroke"))
 
 
 def augmentation(augment):
@@ -89,7 +123,7 @@ def augmentation(augment):
     if not augments(augment):
         return []
     return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], noise=augment["noise"],
-                         dtype="float32")]
+                         erase=augment["erase"], stroke=augment["stroke"], dtype="float32")]
 
 
 class FusedBatchNormalization(layers.BatchNormalization):

@@ -29,7 +29,7 @@ def test_default_model_is_the_notebooks_network():
 
 
 SETTINGS = ("filters", "units", "kernel_size", "strides", "padding", "pool_size", "rate", "activation", "use_bias",
-            "momentum", "epsilon", "rotation", "zoom", "shift", "noise")
+            "momentum", "epsilon", "rotation", "zoom", "shift", "noise", "erase", "stroke")
 
 
 def architecture(model):
@@ -54,10 +54,12 @@ def test_the_same_params_build_the_same_network_twice():
     ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
     ("convs_per_block", 2), ("padding", "same"), ("batch_norm", True), ("standardize", True),
-    ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0}),
-    ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0.1}),
+    ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0}),
+    ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0, "erase": 0, "stroke": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0.1, "erase": 0, "stroke": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0.3, "stroke": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0.5}),
 ])
 def test_every_model_param_changes_the_network(key, value):
     default = architecture(network.build_model(DEFAULTS["model"], (28, 28, 1), 10))
@@ -114,8 +116,59 @@ def test_noise_adds_gaussian_noise_of_its_deviation_in_training_only():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
 
 
+def test_erase_covers_half_the_images_with_one_grey_rectangle_each_in_training_only():
+    """model.augment.erase: each changed image differs from its original exactly on one axis-aligned
+    rectangle (clipped by the border), filled with one grey, of at most that fraction of the image; about
+    half the images are changed, with rectangles of many sizes and greys, in every part of the image."""
+    params = {**DEFAULTS["model"], "augment": {**DEFAULTS["model"]["augment"], "erase": 0.3}}
+    layer = network.build_model(params, (28, 28, 1), 10).layers[0]
+    x = np.random.default_rng(0).random((512, 28, 28, 1), dtype=np.float32)  # no grey a rectangle could keep
+    keras.utils.set_random_seed(0)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    changed = (y != x).any(axis=(1, 2, 3))
+    assert 0.4 < changed.mean() < 0.6
+    areas, greys, centres = [], [], []
+    for before, after in zip(x[changed, ..., 0], y[changed, ..., 0]):
+        rows, columns = np.nonzero(after != before)
+        box = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
+        assert (after[box] != before[box]).all()  # a full rectangle: every pixel in the box replaced
+        assert np.ptp(after[box]) == 0 and 0 <= after[box][0, 0] <= 1  # by one grey
+        areas.append(after[box].size / 784)
+        greys.append(after[box][0, 0])
+        centres.append((rows.mean(), columns.mean()))
+    assert max(areas) <= 0.3 + 2 * 28 / 784 and max(areas) > 0.2 and min(areas) < 0.02  # whole pixels: a row more
+    assert min(greys) < 0.1 and max(greys) > 0.9
+    centres = np.array(centres)
+    assert centres.min() < 3 and centres.max() > 24  # on every side, up to the border
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+def test_stroke_thins_or_thickens_each_image_by_its_own_fraction_in_training_only():
+    """model.augment.stroke: each image moves towards its 3x3 dilation (thicker) or erosion (thinner), by one
+    fraction per image of at most `stroke`, computed here with SciPy's grey morphology; both ways occur."""
+    from scipy import ndimage
+    params = {**DEFAULTS["model"], "augment": {**DEFAULTS["model"]["augment"], "stroke": 0.5}}
+    layer = network.build_model(params, (28, 28, 1), 10).layers[0]
+    x = np.zeros((64, 28, 28, 1), np.float32)
+    x[:, 6:22, 12:16] = 1.0  # a bar 4 pixels wide, with a grey edge
+    x[:, 6:22, 16] = 0.5
+    keras.utils.set_random_seed(0)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    dilated = ndimage.grey_dilation(x, size=(1, 3, 3, 1), mode="constant", cval=-np.inf)
+    eroded = ndimage.grey_erosion(x, size=(1, 3, 3, 1), mode="constant", cval=np.inf)
+    fractions = []
+    for image, out, thick, thin in zip(x, y, dilated, eroded):
+        towards = thick if out.sum() >= image.sum() else thin
+        fraction = (out - image)[towards != image].mean() / (towards - image)[towards != image].mean()
+        np.testing.assert_allclose(out, image + fraction * (towards - image), atol=1e-6)
+        fractions.append(fraction if towards is thick else -fraction)
+    assert -0.5 <= min(fractions) < -0.3 and 0.3 < max(fractions) <= 0.5
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
 def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on():
-    params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "noise": 0.1,
+    params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "noise": 0.1, "erase": 0.3,
+                                               "stroke": 0.5,
                                                "off_last_epochs": 1}}
     model = network.build_model(params, (28, 28, 1), 10)
     callback = network.AugmentationOff(first=2)
