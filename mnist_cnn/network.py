@@ -17,18 +17,19 @@ from keras import layers  # noqa: E402
 
 class RandomAffine(layers.Layer):
     """Random rotation, zoom and shift of each training image, composed into one affine map and
-    resampled once (bilinear, black outside), then Gaussian noise on each pixel, then a random
-    rectangle of one random grey over half of the images (random erasing); the identity at
-    inference, and left out of the saved model (inference_model). Keras' RandomRotation, RandomZoom
-    and RandomTranslation in a row would interpolate three times, blurring the training images away
-    from the crisp test images.
+    resampled once (bilinear, black outside), then strokes thinned or thickened, Gaussian noise on
+    each pixel, and a rectangle of one random grey over half of the images (random erasing); the
+    identity at inference, and left out of the saved model (inference_model). Keras' RandomRotation,
+    RandomZoom and RandomTranslation in a row would interpolate three times, blurring the training
+    images away from the crisp test images.
 
     rotation: up to this many degrees either way; zoom: scale by 1 +- up to this fraction (same for
-    both axes); shift: up to this fraction of the height and width; noise: the noise's standard
-    deviation; erase: the rectangle's largest area, as a fraction of the image's (its aspect ratio
-    between 1:3 and 3:1, anywhere, clipped by the border; Zhong et al. 2017). Draws come from a seeded Keras SeedGenerator, so a seeded run repeats them. Every draw
-    is scaled by `strength`: 1, or 0 to pass the images through unchanged (AugmentationOff sets it
-    for the last epochs).
+    both axes); shift: up to this fraction of the height and width; stroke: up to this fraction of the
+    way to the image's 3x3 dilation or erosion; noise: the noise's standard deviation; erase: the
+    rectangle's largest area, as a fraction of the image's (its aspect ratio between 1:3 and 3:1,
+    anywhere, clipped by the border; Zhong et al. 2017). Draws come from a seeded Keras
+    SeedGenerator, so a seeded run repeats them. Every draw is scaled by `strength`: 1, or 0 to pass
+    the images through unchanged (AugmentationOff sets it for the last epochs).
     """
 
     def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, noise=0.0, erase=0.0, stroke=0.0, **kwargs):
@@ -61,7 +62,8 @@ class RandomAffine(layers.Layer):
         if self.stroke:
             outputs = self.restroked(outputs, batch)
         if self.noise:  # no draw at all without it: runs without noise repeat the earlier ones exactly
-            outputs += keras.random.normal(tf.shape(outputs), stddev=self.noise, seed=self.seed_generator) * self.strength
+            noise = keras.random.normal(tf.shape(outputs), stddev=self.noise, seed=self.seed_generator)
+            outputs += noise * self.strength
         if self.erase:
             outputs = self.erased(outputs, batch, height, width)
         return outputs

@@ -109,7 +109,7 @@ def test_readme_compare_commands_fit_a_120_column_terminal(clone):
     assert "F1 per class (test set)" in page, sh(clone, "dvc", "plots", "diff", "main", "--json").stdout[:3000]
 
 
-# best trains 12 epochs; here 2: the test is about DVC taking the preset
+# best trains 8 epochs; here 2: the test is about DVC taking the preset
 SHORTER = {"best": {"train.epochs": 2}}
 
 

@@ -50,9 +50,10 @@ def test_preset_tool_prints_dvc_options_and_names_the_presets_it_knows():
     preset = [sys.executable, "-m", "tools.preset"]
     options = subprocess.run(preset + ["fast"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert options[:4] == ["-S", "model.standardize=true", "-S", "model.conv_filters=[24,48]"]  # no spaces: the
-    assert options[::2] == ["-S"] * (len(options) // 2) and "train.epochs=2" in options  # shell keeps values whole
+    assert options[::2] == ["-S"] * (len(options) // 2) and "train.epochs=3" in options  # shell keeps values whole
     best = subprocess.run(preset + ["best"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "-S model.augment.shift=0.05 -S model.augment.zoom=0.1 -S model.augment.noise=0.1" in best
+    assert ("-S model.augment.shift=0.05 -S model.augment.zoom=0.1 -S model.augment.noise=0.1 "
+            "-S model.augment.erase=0.3") in best
     unknown = subprocess.run(preset + ["fastest"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode == 1 and unknown.stderr.strip() == "preset: no preset 'fastest'; known: best, fast"
 
