@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from mnist_cnn.runner import quiet_tensorflow, run, stop_if_interrupted
+from mnist_cnn.runner import deferred_interrupts, quiet_tensorflow, run, stop_if_interrupted
 
 tf = quiet_tensorflow()
 import keras  # noqa: E402
@@ -68,8 +68,9 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Ctrl-C and SIGTERM stop training at the next step even when their KeyboardInterrupt was lost on the
-    way (mnist_cnn/runner.py, stop_if_interrupted)."""
+    """Ctrl-C and SIGTERM stop training at the next step: during fit the runner only records them
+    (deferred_interrupts), and this raises them between steps, where nothing of TensorFlow's is half done
+    (mnist_cnn/runner.py)."""
 
     def on_train_batch_end(self, batch, logs=None):
         stop_if_interrupted()
@@ -214,17 +215,18 @@ def main(argv):
             callbacks.append(AugmentationOff(train["epochs"] - off))
             print(f"train: augmentation off for the last {off} of {train['epochs']} epochs")
         start = time.perf_counter()
-        if workers:
-            per_epoch = multi_worker.fit(model, strategy, optimizer, train_split, val_split, train, params["seed"],
-                                         callbacks, workers, steps_per_epoch)
-        else:
-            model.fit(
-                **training_data(train_split, val_split, train, params["seed"]),
-                epochs=train["epochs"],
-                callbacks=callbacks,
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
-            per_epoch = train_split.images
+        with deferred_interrupts():  # Ctrl-C stops training between steps (StopOnSignal), never inside TensorFlow
+            if workers:
+                per_epoch = multi_worker.fit(model, strategy, optimizer, train_split, val_split, train,
+                                             params["seed"], callbacks, workers, steps_per_epoch)
+            else:
+                model.fit(
+                    **training_data(train_split, val_split, train, params["seed"]),
+                    epochs=train["epochs"],
+                    callbacks=callbacks,
+                    verbose=1 if sys.stdout.isatty() else 2,
+                )
+                per_epoch = train_split.images
         seconds = time.perf_counter() - start
         print(f"train: fit took {seconds:.1f} s, {train['epochs'] * per_epoch / seconds:.0f} training images/s "
               f"(validation included)")

@@ -1,6 +1,7 @@
 """How a stage runs (mnist_cnn/runner.py): which process its life is tied to."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,7 @@ import textwrap
 import pytest
 
 from conftest import CODE_ENV
+from mnist_cnn import runner
 
 REPORT = "from mnist_cnn.runner import _watched_parent; print(_watched_parent()[0])"
 
@@ -136,3 +138,47 @@ def test_quiet_tensorflow_keeps_what_keras_imports_for_nothing_out_and_importabl
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, **CODE_ENV})
     assert result.stdout.splitlines() == ["['matplotlib']", "1.0 True"], result.stderr
+
+
+@pytest.fixture
+def stage_handlers(monkeypatch):
+    """The runner's SIGINT handler installed in this process, as run() installs it, with no signal received yet."""
+    monkeypatch.setattr(runner, "RECEIVED", [])
+    previous = signal.signal(signal.SIGINT, runner._interrupt)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_inside_deferred_interrupts_a_signal_waits_for_a_safe_point_and_a_second_one_stops_at_once(stage_handlers):
+    """The first SIGINT is recorded and the code goes on until it asks (stop_if_interrupted, as training does after
+    each step) or leaves the block; a second one raises where it lands."""
+    steps = []
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        with runner.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            for step in range(3):  # Python runs the handler within these lines: it returns
+                steps.append(step)
+            assert runner.RECEIVED == ["SIGINT"]
+            runner.stop_if_interrupted()
+            steps.append("not reached")
+    assert steps == [0, 1, 2]
+
+    runner.RECEIVED.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with runner.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("went on")
+    assert steps[-1] == "went on"  # raised on the way out, not in the block
+
+    runner.RECEIVED.clear()
+    with runner.deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        runner.RECEIVED.clear()  # handled: leave the block quietly
+    with pytest.raises(KeyboardInterrupt):  # outside the block: at once, as before
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
