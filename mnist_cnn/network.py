@@ -2,8 +2,8 @@
 
 build_model is the notebook's Sequential net by default (Conv2D(32) > MaxPool > Conv2D(64) > MaxPool
 > Dropout(0.25) > Flatten > Dense(128) > Dropout(0.5) > Dense(10, softmax)), with options beyond it:
-more convolutions per block, "same" padding, batch normalisation and augmentation. Two layers exist
-for training only, RandomAffine and FusedBatchNormalization; inference_model gives the network that
+more convolutions per block, "same" padding, global pooling, batch normalisation and augmentation.
+Two layers exist for training only, RandomAffine and FusedBatchNormalization; inference_model gives the network that
 is saved, which loads with Keras alone.
 """
 import math
@@ -178,10 +178,17 @@ def batch_norm_momentum(steps):
     return min(0.99, math.exp(math.log(1e-4) / max(steps, 1)))
 
 
+# model.global_pool: how the last conv block's maps become the dense layers' input. none keeps every position
+# (the notebook's Flatten); average and max pool each map to one number, so the same strokes anywhere in the
+# image give the same input: a digit off centre (MNIST-C's translate) reads as one in the centre
+GLOBAL_POOL = {"none": layers.Flatten, "average": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+
+
 def build_model(model_params, input_shape, num_classes, dtype="float32", steps=None):
     """Conv-pool blocks, dropout, dense layers with dropout, softmax: the notebook's net by default.
 
-    Options beyond the notebook: several convolutions per block, "same" padding, batch normalisation
+    Options beyond the notebook: several convolutions per block, "same" padding, global pooling for Flatten
+    (GLOBAL_POOL), batch normalisation
     (conv/dense, then BatchNormalization, then relu; its momentum from the run's number of training steps,
     batch_norm_momentum), each image standardised over its pixels (LayerNormalization without a learnt
     scale or offset) and augmentation layers in front. dtype is the Keras dtype policy of the hidden
@@ -205,7 +212,8 @@ def build_model(model_params, input_shape, num_classes, dtype="float32", steps=N
         for _ in range(model_params["convs_per_block"]):
             stack += relu_layer(layers.Conv2D, filters, model_params["kernel_size"], padding=model_params["padding"])
         stack.append(layers.MaxPooling2D(model_params["pool_size"], dtype=dtype))
-    stack += [layers.Dropout(model_params["conv_dropout"], dtype=dtype), layers.Flatten(dtype=dtype)]
+    stack += [layers.Dropout(model_params["conv_dropout"], dtype=dtype),
+              GLOBAL_POOL[model_params["global_pool"]](dtype=dtype)]
     for units in model_params["dense_units"]:
         stack += relu_layer(layers.Dense, units) + [layers.Dropout(model_params["dense_dropout"], dtype=dtype)]
     stack.append(layers.Dense(num_classes, activation="softmax", dtype="float32"))

@@ -14,35 +14,9 @@ import time
 import pytest
 import yaml
 
-from conftest import GIT, REPO, set_param, sh, stages_run
+from conftest import GIT, REPO, sh, stages_run
 
 pytestmark = pytest.mark.slow
-
-
-def test_branch_comparison_diffs_metrics_params_and_plots(clone):
-    sh(clone, "dvc", "pull")
-    sh(clone, *GIT, "checkout", "-q", "-b", "more-epochs")
-    set_param(clone, "train.epochs", 2)
-    assert stages_run(sh(clone, "dvc", "repro").stdout) == ["train", "evaluate", "robustness", "export", "plot"]
-    sh(clone, *GIT, "commit", "-qam", "two epochs")
-
-    params = json.loads(sh(clone, "dvc", "params", "diff", "main", "--json").stdout)
-    assert params["params.yaml"] == {"train.epochs": {"old": 1, "new": 2, "diff": 1}}
-    metrics = json.loads(sh(clone, "dvc", "metrics", "diff", "main", "--json").stdout)
-    evaluate = metrics["metrics/evaluate.json"]
-    assert {"old", "new", "diff"} <= set(evaluate["loss"])
-    assert evaluate["loss"]["old"] != evaluate["loss"]["new"]
-    assert metrics["metrics/train/metrics.json"]["step"] == {"old": 0, "new": 1, "diff": 1}
-    assert {"old", "new", "diff"} <= set(evaluate["ece"]) and {"old", "new", "diff"} <= set(evaluate["nll"])
-    robust = metrics["metrics/robustness.json"]
-    assert {"old", "new", "diff"} <= set(robust["corrupted"]) and "per_corruption.fog" in robust
-    table = sh(clone, "dvc", "metrics", "diff", "main", "--md").stdout
-    assert "| metrics/evaluate.json" in table and "loss" in table and "| metrics/robustness.json" in table
-
-    sh(clone, "dvc", "plots", "diff", "main", "-o", "compare")
-    page = (clone / "compare" / "index.html").read_text()
-    assert "main" in page and "workspace" in page and "Confusion matrix" in page and "F1 per class" in page
-    assert "Accuracy per corruption" in page and "Reliability diagram" in page and "corruptions.png" in page
 
 
 def code_block(page, first):
@@ -80,18 +54,20 @@ def column(rows, name):
     return [row[rows[0].index(name)] for row in rows[1:]]
 
 
-def test_readme_compare_commands_fit_a_120_column_terminal(clone):
+def test_readme_compare_commands_fit_a_120_column_terminal_and_diff_a_branch_against_main(clone):
     """README's "Change params and compare runs" (docs/pipeline.md repeats it), run as written: its
     `dvc exp show` at COLUMNS=120 shows every experiment with the params that differ, validation accuracy, test
     accuracy, ECE and the mean accuracy under corruption, each cell whole; the detail stays out of it and in
-    `dvc metrics diff` and `dvc plots`."""
+    `dvc metrics diff` and `dvc plots`. Then the experiment, committed on a branch, compared with main as one
+    compares branches: params, every metric (losses, calibration, robustness) and every plot, old and new."""
     block = compare_block()
     assert compare_block("docs/pipeline.md") == block
     show = next(line for line in block if line.startswith("dvc exp show"))
     sh(clone, "dvc", "pull")
-    for line in block:
-        if line != show and not line.startswith("dvc exp run -n"):  # the presets: the queue test runs best
-            sh(clone, "bash", "-c", line)
+    ran = {line: sh(clone, "bash", "-c", line).stdout for line in block
+           if line != show and not line.startswith("dvc exp run -n")}  # the presets: the queue test runs best
+    # train's params changed: DVC reran train and what depends on it, never the data stages before it
+    assert stages_run(ran[block[0]]) == ["train", "evaluate", "robustness", "export", "plot"]
 
     on_screen, markdown = exp_show_on_screen(clone, show)
     assert on_screen == markdown  # nothing folded, cut or wrapped
@@ -107,6 +83,28 @@ def test_readme_compare_commands_fit_a_120_column_terminal(clone):
     assert "per_class" not in sh(clone, "dvc", "metrics", "show").stdout
     page = (clone / "plots_html" / "index.html").read_text()
     assert "F1 per class (test set)" in page, sh(clone, "dvc", "plots", "diff", "main", "--json").stdout[:3000]
+
+    # the experiment's workspace (params, dvc.lock, metrics) committed on a branch, compared with main
+    sh(clone, *GIT, "checkout", "-q", "-b", "wider")
+    sh(clone, *GIT, "commit", "-qam", "three epochs, 256 units")
+    params = json.loads(sh(clone, "dvc", "params", "diff", "main", "wider", "--json").stdout)
+    assert params["params.yaml"] == {"train.epochs": {"old": 1, "new": 3, "diff": 2},
+                                     "model.dense_units": {"old": "[128]", "new": "[256]"}}
+    metrics = json.loads(sh(clone, "dvc", "metrics", "diff", "main", "wider", "--json").stdout)
+    evaluate = metrics["metrics/evaluate.json"]
+    assert evaluate["loss"]["new"] == tested["loss"] and evaluate["loss"]["old"] != evaluate["loss"]["new"]
+    assert evaluate["ece"]["new"] == tested["ece"] and {"old", "new", "diff"} <= set(evaluate["nll"])
+    assert metrics["metrics/train/metrics.json"]["step"] == {"old": 0, "new": 2, "diff": 2}
+    corrupted = metrics["metrics/robustness.json"]["corrupted"]
+    assert corrupted["new"] == robust["corrupted"] and corrupted["diff"] == pytest.approx(
+        corrupted["new"] - corrupted["old"])
+    assert "per_corruption.fog" in metrics["metrics/robustness.json"]
+    table = sh(clone, "dvc", "metrics", "diff", "main", "wider", "--md").stdout
+    assert "| metrics/evaluate.json" in table and "loss" in table and "| metrics/robustness.json" in table
+    sh(clone, "dvc", "plots", "diff", "main", "wider", "-o", "compare")
+    page = (clone / "compare" / "index.html").read_text()
+    assert "main" in page and "wider" in page and "Confusion matrix" in page and "F1 per class" in page
+    assert "Accuracy per corruption" in page and "Reliability diagram" in page and "corruptions.png" in page
 
 
 # best trains 8 epochs; here 2: the test is about DVC taking the preset

@@ -53,7 +53,8 @@ def test_the_same_params_build_the_same_network_twice():
 @pytest.mark.parametrize("key, value", [
     ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
-    ("convs_per_block", 2), ("padding", "same"), ("batch_norm", True), ("standardize", True),
+    ("convs_per_block", 2), ("padding", "same"), ("global_pool", "average"), ("global_pool", "max"),
+    ("batch_norm", True), ("standardize", True),
     ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0}),
     ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0}),
     ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0, "erase": 0, "stroke": 0}),
@@ -82,6 +83,26 @@ def test_options_beyond_the_notebook_build_the_network_they_name():
     augment = model.layers[0]  # random in training, the identity at inference
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augment(x, training=False)), x)
     assert not np.array_equal(keras.ops.convert_to_numpy(augment(x, training=True)), x)
+
+
+@pytest.mark.parametrize("global_pool, layer", [("average", "GlobalAveragePooling2D"), ("max", "GlobalMaxPooling2D")])
+def test_global_pooling_gives_a_moved_digit_the_probabilities_of_the_centred_one(global_pool, layer):
+    """model.global_pool: the last block's maps pooled over every position (not flattened), so a digit moved by a
+    multiple of the pools' stride (2 x 2 = 4 pixels), away from the border, gets the same probabilities; with the
+    notebook's Flatten, other ones. The same weights both ways (a fixed seed)."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((3, 28, 28, 1), np.float32)
+    x[:, 9:15, 8:14] = rng.random((3, 6, 6, 1))  # a blob away from every border, and the same blob 4 pixels on
+    moved = np.roll(x, (4, 4), axis=(1, 2))
+    probabilities = {}
+    for pool in ("none", global_pool):
+        keras.utils.set_random_seed(0)
+        params = {**DEFAULTS["model"], "conv_filters": [8, 16], "padding": "same", "global_pool": pool}
+        model = network.build_model(params, (28, 28, 1), 10)
+        assert (type(model.layers[5]).__name__ == layer) == (pool != "none")
+        probabilities[pool] = [keras.ops.convert_to_numpy(model(images)) for images in (x, moved)]
+    np.testing.assert_allclose(*probabilities[global_pool], atol=1e-6)
+    assert np.abs(probabilities["none"][0] - probabilities["none"][1]).max() > 1e-3
 
 
 @pytest.mark.parametrize("precision, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 1e-3)])

@@ -112,13 +112,6 @@ def test_plot_param_reruns_only_plot(project):
     assert stages_run(sh(root, "dvc", "repro")) == ["plot"]
 
 
-def test_epochs_rerun_train_evaluate_robustness_export_plot_only(project):
-    root, _ = project
-    write_params(root, **{**TINY_PARAMS, "train__epochs": 2})
-    assert stages_run(sh(root, "dvc", "repro")) == ["train", "evaluate", "robustness", "export", "plot"]
-    assert json.loads((root / "metrics" / "train" / "metrics.json").read_text())["step"] == 1
-
-
 def edit(path, old, new):
     """Replace old with new in the project file at path, as a user editing the code would."""
     original = path.read_text()
@@ -135,8 +128,9 @@ def test_editing_the_image_normalisation_reruns_download_only(project):
 
 def test_editing_the_network_changes_the_stages_that_import_it_and_nothing_before_them(project):
     """The stages that import mnist_cnn/network.py (train builds the net, export rebuilds it without its training
-    layers) are the ones it invalidates; DVC reruns whatever follows a changed output (the epochs test above
-    shows it), so only `dvc status` is needed here, not a second run of five stages."""
+    layers) are the ones it invalidates; DVC reruns whatever follows a changed output (test_experiments.py's
+    README test shows it for train's params), so only `dvc status` is needed here, not a second run of five
+    stages."""
     root, _ = project
     edit(root / "mnist_cnn" / "network.py", "layers.MaxPooling2D(", "layers.AveragePooling2D(")
     status = json.loads(sh(root, "dvc", "status", "--json"))
