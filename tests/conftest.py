@@ -21,11 +21,14 @@ from tools.project import GIT, REPO, QuietHandler, commit_all, copy_project, ser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# Tests that train in-process share one TensorFlow runtime, whose thread pools can be set only before
-# it starts: set them now to the default train.threads, which train.set_threads then leaves alone.
-_tf = quiet_tensorflow()
-_tf.config.threading.set_intra_op_parallelism_threads(2)
-_tf.config.threading.set_inter_op_parallelism_threads(2)
+
+def start_tensorflow():
+    """Tests that train in-process share one TensorFlow runtime, whose thread pools can be set only before it
+    starts: set them, before any test module is imported, to the default train.threads, which train.set_threads
+    then leaves alone."""
+    tf = quiet_tensorflow()
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
 
 # What a CPU with and without native bfloat16 lists: `pytest --auto-precision X` makes every process of the run
 # (stages, dvc repro) read one of these instead of /proc/cpuinfo, so train.precision: auto picks X on any machine
@@ -49,6 +52,9 @@ def pytest_configure(config):
             f.write(STAND_IN_CPUINFO[choice])
         os.replace(f"{path}.{os.getpid()}", path)
         os.environ["MNIST_CNN_CPUINFO"] = path
+    # Not in xdist's controller, which runs no test: TensorFlow's import (about 4 s) would delay every worker's start
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        start_tensorflow()
 
 
 # The files that take longest (each file's test seconds, from a whole run on 2 cores), started first: xdist gives each

@@ -4,7 +4,6 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
 from tiny_models import tiny_onnx
 
 from bench import held_out
@@ -30,6 +29,7 @@ def test_sets_are_deterministic_with_every_class(tmp_path):
     counts = held_out.build_sets(tmp_path / "a", FONTS)
     assert held_out.build_sets(tmp_path / "b", FONTS) == counts
     assert files(tmp_path / "a") == files(tmp_path / "b")
+    from sklearn.datasets import load_digits  # here: 2 s of every worker's collection otherwise
     assert counts["handwriting"] == np.bincount(load_digits().target).tolist()  # 178, 182, ... : 1797 in all
     assert counts["printed"] == [len(FONTS) * len(held_out.PRINTED_LAYOUTS)] * 10
     for name, per_label in counts.items():
@@ -38,6 +38,7 @@ def test_sets_are_deterministic_with_every_class(tmp_path):
 
 
 def test_handwriting_files_hold_the_digit_of_their_label(tmp_path):
+    from sklearn.datasets import load_digits
     held_out.build_sets(tmp_path, [])
     digits = load_digits()
     for i in (0, 5, 1000, 1796):  # each 4x4 block of the file is one of the original's pixels, dark on white
