@@ -46,6 +46,14 @@ def test_class_report_against_a_hand_made_confusion():
     np.testing.assert_allclose([values for _, *values in rows], [values for _, *values in expected], atol=1e-12)
 
 
+def test_class_report_counts_a_class_seen_once_and_predicted_once():
+    """Class b has one image, predicted right, and is predicted nowhere else: precision and recall 1/1, not the 0
+    of a class with no image (a ratio taken only over counts above one would give 0)."""
+    from stages.evaluate import class_report
+    rows = class_report(np.array([0, 0, 1]), np.array([0, 0, 1]), ["a", "b"])
+    np.testing.assert_allclose([values for _, *values in rows], [[1, 1, 1], [1, 1, 1]], atol=1e-12)
+
+
 def test_class_report_has_a_row_for_each_class_even_one_never_seen_and_warns_nothing():
     """Class b is neither a true label nor a prediction, d is a true label never predicted: each keeps its row, in
     order, with 0 where the ratio has no images (no warning on the stage's stderr)."""
