@@ -1,6 +1,7 @@
 """Choose the presets on validation data: clean, under MNIST-C's corruptions, and at low resolution.
 
     python -m bench.presets [--candidates bench/preset_candidates.yaml] [--only NAME ...] [--data data/processed]
+                            [--results bench/results/presets.json]
 
 Each candidate in the candidates file (a name and its params.yaml keys over the defaults) is trained by
 the train stage itself, alone on the machine, in a scratch folder on the processed splits (real MNIST:
@@ -19,8 +20,8 @@ stage reports) and the two held-out sets of
 bench/held_out.py (handwriting by other writers, printed digits), through the same normalisation as
 the predict command. Training seconds are the stage's own `fit took` figure (validation included).
 
-Writes bench/results/presets.json (one entry per candidate, merged with earlier runs of others, with
-the machine it ran on) and prints a markdown table.
+Writes bench/results/presets.json, or --results (one entry per candidate, merged with earlier runs of others,
+with the machine it ran on: give each machine its own file) and prints a markdown table.
 """
 import argparse
 import json
@@ -124,6 +125,8 @@ def main():
     parser.add_argument("--keep", help="a folder to keep each candidate's model in, as NAME.keras")
     parser.add_argument("--data", default=os.path.join(REPO, "data", "processed"),
                         help="processed splits (train, val, test) of real MNIST")
+    parser.add_argument("--results", default=RESULTS,
+                        help="the JSON file to merge results into: one per machine, as it records one machine")
     args = parser.parse_args()
     with open(args.candidates) as f:
         candidates = yaml.safe_load(f)
@@ -134,8 +137,8 @@ def main():
     sets["val_low_res"] = (np.array([low_res(image[..., 0]) for image in x_val[:LOW_RES_IMAGES]])[..., None],
                            y_val[:LOW_RES_IMAGES])
     results = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as f:
+    if os.path.exists(args.results):
+        with open(args.results) as f:
             results = json.load(f)
     results["machine"] = describe()
     runs = results.setdefault("candidates", {})
@@ -148,9 +151,9 @@ def main():
                 os.makedirs(args.keep, exist_ok=True)
                 os.replace(model, os.path.join(args.keep, f"{name}.keras"))
             shutil.rmtree(os.path.join(scratch, name))
-            with open(RESULTS + ".tmp", "w") as f:
+            with open(args.results + ".tmp", "w") as f:
                 json.dump(results, f, indent=1)
-            os.replace(RESULTS + ".tmp", RESULTS)
+            os.replace(args.results + ".tmp", args.results)
     print("| candidate | training s | val | val corrupted | val low-res | test | test corrupted | handwriting "
           "| printed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -13,7 +13,6 @@ import os
 import sys
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import load_npz
@@ -82,6 +81,8 @@ def split_train_val(x, y, val_split, method, seed):
     if method == "tail":
         split_at = int(math.floor(len(x) * (1.0 - val_split)))  # the formula Keras' fit() uses
         return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
+    from sklearn.model_selection import train_test_split  # here: scikit-learn's import is most of a tail run's time
+
     index = np.arange(len(x))
     try:
         train_idx, val_idx = train_test_split(index, test_size=val_split, random_state=seed, stratify=y)

@@ -1,11 +1,14 @@
 """The preprocess stage: raw-array checks, the validation hold-out, scaling, deterministic files."""
 import hashlib
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_stage, tiny_arrays, write_params
+from conftest import CODE_ENV, REPO, run_stage, tiny_arrays, write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import load_npz, write_npz
 from mnist_cnn.prepare import read_split
@@ -304,3 +307,17 @@ def test_main_names_the_raw_file_it_checks_and_writes_int64_labels_in_the_seeded
     write_params(workdir, data__limit=11, data__val_split=0.05)  # floor(11 * 0.95) = 10 for training, 1 held out
     preprocess.main([str(raw), str(workdir / "one")])
     assert [open_split(workdir / "one" / split).images for split in ("train", "val")] == [10, 1]
+
+
+def test_scikit_learn_is_imported_for_a_stratified_split_only():
+    """docs/speed.md: a tail split (MNIST's) starts without scikit-learn's import, most of the stage's time."""
+    code = ("import sys, numpy as np\n"
+            "from stages.preprocess import split_train_val\n"
+            "x, y = np.arange(40).reshape(20, 2), np.arange(20) % 2\n"
+            "split_train_val(x, y, 0.5, 'tail', 0)\n"
+            "print('sklearn' in sys.modules)\n"
+            "(_, y_fit), _ = split_train_val(x, y, 0.5, 'stratified', 0)\n"
+            "print('sklearn' in sys.modules, np.bincount(y_fit).tolist())\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **CODE_ENV},
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[:2] == ["False", "True [5, 5]"], result.stderr
