@@ -1,5 +1,6 @@
 """tools/mutation.py is wired: its modules, tests and mutmut settings; mutation testing itself runs outside pytest."""
 import os
+import re
 import tomllib
 
 import pytest
@@ -13,6 +14,17 @@ def test_every_module_and_test_file_it_names_exists():
     for path, tests, *_ in mutation.MODULES.values():
         assert os.path.isfile(os.path.join(REPO, path)), path
         assert tests and all(os.path.isfile(os.path.join(REPO, test)) for test in tests), tests
+
+
+def test_every_repository_file_a_modules_tests_open_is_in_its_mutants_folder():
+    """A module's tests run in mutants/<name>/, which holds only SOURCES, tests/ and ALSO_COPY: a file they open
+    under REPO outside those fails mutmut's first (stats) run for the whole module."""
+    there = {entry.split("/")[0] for entry in mutation.SOURCES + ["tests"] + mutation.ALSO_COPY}
+    for _, tests, *_ in mutation.MODULES.values():
+        for test in tests:
+            with open(os.path.join(REPO, test)) as f:
+                opened = set(re.findall(r'REPO, "([^"]+)"', f.read()))
+            assert opened <= there, (test, opened - there)
 
 
 def test_mutmut_reads_the_settings_as_mutating_one_module_only(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ MODULES = {
     "images": ("mnist_cnn/images.py", ["tests/test_images.py"]),
 }
 # What the tests read besides the code: copied into each module's mutants/ folder
-ALSO_COPY = ["pytest.ini", "params.yaml", "dvc.yaml", "presets", "examples", "metrics", ".dvc", ".dvcignore",
+ALSO_COPY = ["pytest.ini", "params.yaml", "dvc.yaml", "presets", "bench", "examples", "metrics", ".dvc", ".dvcignore",
              ".gitignore", "data/own", "requirements.txt", "constraints.txt", "sitecustomize.py"]
 SOURCES = ["mnist_cnn", "stages", "tools"]
 
