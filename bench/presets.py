@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from mnist_cnn.files import write_json
 from mnist_cnn.machine import describe
 from mnist_cnn.params import set_dotted
 from tools.project import REPO
@@ -151,9 +152,7 @@ def main():
                 os.makedirs(args.keep, exist_ok=True)
                 os.replace(model, os.path.join(args.keep, f"{name}.keras"))
             shutil.rmtree(os.path.join(scratch, name))
-            with open(args.results + ".tmp", "w") as f:
-                json.dump(results, f, indent=1)
-            os.replace(args.results + ".tmp", args.results)
+            write_json(args.results, results)
     print("| candidate | training s | val | val corrupted | val low-res | test | test corrupted | handwriting "
           "| printed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
