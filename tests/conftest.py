@@ -21,6 +21,12 @@ from tools.project import GIT, REPO, QuietHandler, commit_all, copy_project, ser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# pytest compiles each test module with its asserts rewritten, and caches the result in tests/__pycache__ (ignored by
+# git) unless PYTHONDONTWRITEBYTECODE is set, as in Docker's Python images and on this project's CI machines: then
+# every process of every run (each xdist worker collects every module) redoes it, about 6 s of a worker's start-up.
+# Cached here all the same; the processes the tests start keep the environment's setting.
+sys.dont_write_bytecode = False
+
 
 def start_tensorflow():
     """Tests that train in-process share one TensorFlow runtime, whose thread pools can be set only before it
