@@ -13,6 +13,8 @@ from mnist_cnn.files import write_npz
 from stages import plot
 
 FIGURES = ("samples.png", "training_curves.png", "confusion_matrix.png", "misclassified.png")
+# Image grids of 3x3, not the default 5x5: matplotlib lays out 25 subplots in three times as long
+GRIDS_3X3 = {"plot__samples": 9, "plot__misclassified": 9}
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def digests(directory):
 
 
 def test_writes_four_png_figures_deterministically(plot_args, workdir):
-    write_params(workdir, plot__samples=9, plot__misclassified=9)  # grids of 3x3, not 5x5: a third of the time
+    write_params(workdir, **GRIDS_3X3)
     plot.main(plot_args + [str(workdir / "a")])
     plot.main(plot_args + [str(workdir / "b")])
     for name in FIGURES:
@@ -38,7 +40,7 @@ def test_writes_four_png_figures_deterministically(plot_args, workdir):
 
 
 def test_plot_params_change_the_figures(plot_args, workdir):
-    write_params(workdir, plot__samples=9, plot__misclassified=9)
+    write_params(workdir, **GRIDS_3X3)
     plot.main(plot_args + [str(workdir / "default")])
     write_params(workdir, plot__samples=4, plot__misclassified=4)
     plot.main(plot_args + [str(workdir / "fewer")])
@@ -46,7 +48,7 @@ def test_plot_params_change_the_figures(plot_args, workdir):
     assert before["samples.png"] != after["samples.png"]
     assert before["misclassified.png"] != after["misclassified.png"]
     assert before["training_curves.png"] == after["training_curves.png"]
-    write_params(workdir, plot__samples=9, plot__misclassified=9, plot__dpi=50)
+    write_params(workdir, **GRIDS_3X3, plot__dpi=50)
     plot.main(plot_args + [str(workdir / "small")])
     with Image.open(workdir / "small" / "samples.png") as small, \
             Image.open(workdir / "default" / "samples.png") as default:
