@@ -259,49 +259,73 @@ def make_tiny_project(root):
     return root
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, processed_dir):
-    """A model trained for 4 epochs on the tiny data in float32, and its evaluation: the paths of every output."""
-    from stages import evaluate, train
+def built_once(tmp_path_factory, name, build):
+    """The folder that build(folder) fills once per test session, by whichever xdist worker asks first while the
+    others wait on a file lock (without xdist: the session's own). What it holds is only read: tests copy it."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one session
+    shared = tmp_path_factory.getbasetemp().parent / f"{name}-{run}" if run else tmp_path_factory.mktemp(name)
+    done = shared.parent / f"{shared.name}.complete"
+    with filelock.FileLock(str(shared) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir(parents=True)
+            build(shared)
+            done.touch()
+    return shared
 
-    directory = tmp_path_factory.mktemp("run")
-    paths = {
-        "processed": processed_dir,
-        "model": directory / "models" / "model.keras",
-        "log_dir": directory / "metrics" / "train",
-        "metrics": directory / "metrics" / "evaluate.json",
-        "predictions": directory / "metrics" / "predictions.csv",
-    }
+
+def run_in_folder(directory, *steps):
+    """Each step called with directory as the current directory, then back."""
     cwd = os.getcwd()
     os.chdir(directory)
     try:
+        for step in steps:
+            step()
+    finally:
+        os.chdir(cwd)
+
+
+def trained_paths(directory):
+    return {"processed": directory / "processed", "model": directory / "models" / "model.keras",
+            "log_dir": directory / "metrics" / "train", "metrics": directory / "metrics" / "evaluate.json",
+            "predictions": directory / "metrics" / "predictions.csv"}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, processed_dir):
+    """A model trained for 4 epochs on the tiny data in float32, and its evaluation: the paths of every output.
+    Trained once per session (built_once): about 6 s of a worker's time."""
+    from stages import evaluate, train
+
+    def build(directory):
+        paths = trained_paths(directory)
+        shutil.copytree(processed_dir, paths["processed"])
         # float32 on every machine (auto is bfloat16 on a CPU with AVX512-BF16): the exported models compute in
         # float32, and the tests compare them with this model's own predictions to 1e-4
         write_params(directory, train__epochs=4, train__batch_size=16, train__precision="float32")
-        train.main([str(processed_dir / "train"), str(processed_dir / "val"), str(paths["model"]),
-                    str(paths["log_dir"])])
-        evaluate.main([str(paths["model"]), str(processed_dir / "test"), str(paths["metrics"]),
-                       str(paths["predictions"])])
-    finally:
-        os.chdir(cwd)
-    return paths
+        run_in_folder(
+            directory,
+            lambda: train.main([str(paths["processed"] / "train"), str(paths["processed"] / "val"),
+                                str(paths["model"]), str(paths["log_dir"])]),
+            lambda: evaluate.main([str(paths["model"]), str(paths["processed"] / "test"), str(paths["metrics"]),
+                                   str(paths["predictions"])]))
+
+    return trained_paths(built_once(tmp_path_factory, "trained", build))
 
 
 @pytest.fixture(scope="session")
-def exported_run(trained_run):
-    """trained_run's model exported by the real export stage: the paths of its outputs added."""
+def exported_run(tmp_path_factory, trained_run):
+    """trained_run's model exported by the real export stage into a copy of its folder: the paths of its outputs
+    added. Exported once per session (built_once)."""
     from stages import export
 
-    directory = trained_run["model"].parent.parent
-    paths = {**trained_run, "exports": directory / "models", "export_metrics": directory / "metrics" / "export.json"}
-    cwd = os.getcwd()
-    os.chdir(directory)
-    try:
-        export.main([str(trained_run["model"]), str(trained_run["processed"] / "test"), str(paths["exports"]),
-                     str(paths["export_metrics"])])
-    finally:
-        os.chdir(cwd)
-    return paths
+    def build(directory):
+        shutil.copytree(trained_run["model"].parent.parent, directory, dirs_exist_ok=True)
+        run_in_folder(directory, lambda: export.main([str(trained_run["model"]), str(trained_run["processed"] / "test"),
+                                                      "models", "metrics/export.json"]))
+
+    directory = built_once(tmp_path_factory, "exported", build)
+    return {**trained_run, "exports": directory / "models", "export_metrics": directory / "metrics" / "export.json"}
 
 
 SERVE_LIMIT = 2_000_000  # the test server's --max-upload-mb 2, in bytes
@@ -375,21 +399,19 @@ def baseline(tmp_path_factory):
     """A committed tiny run, pushed with its run cache to a local remote: (repo, remote), beside them repro.log (the
     run's output). Built once per test session by whichever xdist worker asks first (the others wait on a file
     lock); tests work in clones or copies."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one session
-    shared = tmp_path_factory.getbasetemp().parent / f"baseline-{run}" if run else tmp_path_factory.mktemp("shared")
+    def build(shared):
+        root, remote = shared / "project", shared / "remote"
+        remote.mkdir()
+        make_tiny_project(root)
+        sh(root, "dvc", "remote", "add", "-d", "storage", str(remote))
+        first = sh(root, "dvc", "repro")
+        (shared / "repro.log").write_text(first.stdout + first.stderr)  # what a first run says (test_pipeline)
+        sh(root, *GIT, "add", "-A")
+        sh(root, *GIT, "commit", "-qm", "baseline run")
+        sh(root, "dvc", "push", "--run-cache")
+
+    shared = built_once(tmp_path_factory, "baseline", build)
     root, remote = shared / "project", shared / "remote"
-    with filelock.FileLock(str(shared) + ".lock"):
-        if not (shared / "complete").exists():
-            shutil.rmtree(shared, ignore_errors=True)
-            remote.mkdir(parents=True)
-            make_tiny_project(root)
-            sh(root, "dvc", "remote", "add", "-d", "storage", str(remote))
-            first = sh(root, "dvc", "repro")
-            (shared / "repro.log").write_text(first.stdout + first.stderr)  # what a first run says (test_pipeline)
-            sh(root, *GIT, "add", "-A")
-            sh(root, *GIT, "commit", "-qm", "baseline run")
-            sh(root, "dvc", "push", "--run-cache")
-            (shared / "complete").touch()
     return root, remote
 
 

@@ -3,7 +3,6 @@ and a split is scored block by block, the same however it is sharded."""
 import numpy as np
 import pytest
 from scipy import ndimage
-from scipy.stats import poisson
 
 from conftest import digit_images
 from mnist_cnn import corruptions
@@ -199,6 +198,8 @@ def test_light_noise_and_edges_against_hand_computed_values(digits):
     assert (corrupt("brightness", colour, 0) == [228, 114, 0]).all()  # value 100/255 + 0.5, hue and saturation kept
     # Poisson noise of 3 photons at full brightness: grey 100 becomes k photons of 85 each, k ~ Poisson(3 * 100 / 255),
     # at most 3 (255); the mean of 40,000 pixels within 1% of that expectation
+    from scipy.stats import poisson  # here: 0.7 s of every xdist worker's collection otherwise
+
     k = np.arange(40)
     expected = 85 * np.sum(np.minimum(k, 3) * poisson.pmf(k, 3 * 100 / 255))
     noisy = corrupt("shot_noise", np.full((1, 200, 200, 1), 100, np.uint8), 0)

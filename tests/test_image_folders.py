@@ -9,7 +9,6 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from conftest import image_folder
 from mnist_cnn import image_folders
@@ -34,6 +33,8 @@ def test_a_folder_becomes_sorted_classes_of_images_read_as_predict_reads_them_an
              for file in sorted(os.listdir(root / name)) if not file.startswith(".")]
     x = np.stack([read_apart(path) for _, path in files])
     y = np.array([label for label, _ in files])
+    from sklearn.model_selection import train_test_split  # here: SciPy's import kept out of collection
+
     train, test = train_test_split(np.arange(len(y)), test_size=0.25, random_state=7, stratify=y)
     train, test = np.sort(train), np.sort(test)
     raw = load_folder(str(root), PARAMS, seed=7)
@@ -110,6 +111,7 @@ def test_a_class_without_usable_images_and_folders_that_make_no_dataset_are_one_
     assert str(error.value).endswith("); add images or a test/ folder")
 
 
+@pytest.mark.stage
 def test_two_worker_processes_read_the_same_images_in_the_same_order(tmp_path, monkeypatch):
     root = image_folder(tmp_path / "mine", classes=("a",), per_class=18)
     (root / "a" / "bad.png").write_bytes(b"broken")
@@ -211,6 +213,7 @@ def opened_names(directory):
         os.close(fd)
 
 
+@pytest.mark.stage
 def test_a_stop_reads_no_queued_image_and_leaves_no_worker_running(tmp_path, monkeypatch):
     """A bad first image (or Ctrl-C) stops the stage: the chunks still queued are never read, and the workers have
     ended when read_all's generator is closed. 160 links to one large image (about 30 ms each to read): 16 chunks

@@ -277,6 +277,7 @@ def test_fused_batch_norm_computes_what_keras_batch_norm_does(precision):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a SavedModel saved and loaded: about 4 CPU-s in process
 def test_saved_model_has_keras_own_layers_only_and_predicts_the_same(tmp_path):
     params = {**DEFAULTS["model"], "batch_norm": True,
               "augment": {**DEFAULTS["model"]["augment"], "rotation": 10, "shift": 0.1, "zoom": 0.1}}

@@ -1,8 +1,8 @@
 """The plot stage: the four figures, real PNGs, deterministic bytes, params that change them."""
 import hashlib
 import io
+import sys
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,11 +10,22 @@ from PIL import Image
 from conftest import run_stage, tiny_arrays, write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import write_npz
-from stages import plot
 
 FIGURES = ("samples.png", "training_curves.png", "confusion_matrix.png", "misclassified.png")
 # Image grids of 3x3, not the default 5x5: matplotlib lays out 25 subplots in three times as long
 GRIDS_3X3 = {"plot__samples": 9, "plot__misclassified": 9}
+
+
+@pytest.fixture
+def plot(monkeypatch):
+    """The stage's module, imported by the tests that use it: matplotlib's import (0.6 s) stays out of every xdist
+    worker's collection. An in-process predict before it in the worker blocks matplotlib for the rest of its process
+    (runtimes._tensorflow): unblocked for the test."""
+    if "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
+        monkeypatch.delitem(sys.modules, "matplotlib")
+    from stages import plot
+
+    return plot
 
 
 @pytest.fixture
@@ -29,7 +40,8 @@ def digests(directory):
     return {name: hashlib.md5((directory / name).read_bytes()).hexdigest() for name in FIGURES}
 
 
-def test_writes_four_png_figures_deterministically(plot_args, workdir):
+@pytest.mark.slow  # the stage's four figures drawn twice: about 4.5 CPU-s in process
+def test_writes_four_png_figures_deterministically(plot, plot_args, workdir):
     write_params(workdir, **GRIDS_3X3)
     plot.main(plot_args + [str(workdir / "a")])
     plot.main(plot_args + [str(workdir / "b")])
@@ -39,7 +51,8 @@ def test_writes_four_png_figures_deterministically(plot_args, workdir):
     assert digests(workdir / "a") == digests(workdir / "b")
 
 
-def test_plot_params_change_the_figures(plot_args, workdir):
+@pytest.mark.slow  # the stage's figures drawn three times: about 5.5 CPU-s in process
+def test_plot_params_change_the_figures(plot, plot_args, workdir):
     write_params(workdir, **GRIDS_3X3)
     plot.main(plot_args + [str(workdir / "default")])
     write_params(workdir, plot__samples=4, plot__misclassified=4)
@@ -66,16 +79,20 @@ def test_missing_training_log_is_one_line(plot_args, workdir):
 
 
 def figure_bytes(fig):
+    from stages.plot import PNG_METADATA
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=50, metadata=plot.PNG_METADATA)
+    fig.savefig(buffer, format="png", dpi=50, metadata=PNG_METADATA)
     return buffer.getvalue()
 
 
-def test_confusion_matrix_counts_each_pair_and_draws_what_scikit_learns_display_draws():
+def test_confusion_matrix_counts_each_pair_and_draws_what_scikit_learns_display_draws(plot):
     """The counts by hand (true class per row): 1234 right a's (written 1234, where .2g would write 1.2e+03),
     b read as a twice, c never predicted; and the figure pixel for pixel scikit-learn's, whose import the
     stage saves."""
+    import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
+
     actual = ["a"] * 1234 + ["b"] * 5 + ["c"] * 3
     predicted = ["a"] * 1234 + ["a", "a", "b", "b", "b"] + ["b", "a", "a"]
     names = ["a", "b", "c"]
@@ -93,7 +110,7 @@ def test_confusion_matrix_counts_each_pair_and_draws_what_scikit_learns_display_
     assert figure_bytes(theirs) == ours
 
 
-def test_predictions_naming_a_class_the_dataset_lacks_are_a_user_error_before_any_figure(plot_args, workdir):
+def test_predictions_naming_a_class_the_dataset_lacks_are_a_user_error_before_any_figure(plot, plot_args, workdir):
     predictions = workdir / "p.csv"
     with open(plot_args[3]) as f:
         predictions.write_text(f.read().replace("\n7,", "\nseven,", 1))

@@ -309,6 +309,7 @@ def test_main_names_the_raw_file_it_checks_and_writes_int64_labels_in_the_seeded
     assert [open_split(workdir / "one" / split).images for split in ("train", "val")] == [10, 1]
 
 
+@pytest.mark.stage
 def test_scikit_learn_is_imported_for_a_stratified_split_only():
     """docs/speed.md: a tail split (MNIST's) starts without scikit-learn's import, most of the stage's time."""
     code = ("import sys, numpy as np\n"

@@ -83,6 +83,7 @@ def test_a_stage_started_by_pid_1_runs_to_its_end():
     assert (result.returncode, result.stdout, result.stderr) == (0, "finished\n", "")
 
 
+@pytest.mark.stage
 def test_a_stage_whose_parent_dies_stops_and_a_command_carries_on(tmp_path):
     """The parent (a shell standing in for `dvc repro`) is killed while its child runs: a stage stops within a
     second or so with its interrupted line; predict or serve, run by a user, are not tied to their parent."""

@@ -26,7 +26,6 @@ from conftest import SERVE_LIMIT as LIMIT
 from conftest import digit_images, png, run_stage, served_model
 from mnist_cnn.errors import UserError
 from mnist_cnn.images import decode_image, to_model_image
-from mnist_cnn.serve import create_app
 
 pytestmark = pytest.mark.slow  # a trained, exported model served by a real server
 
@@ -231,6 +230,8 @@ def test_bad_options_are_one_line(tmp_path):
 
 
 def test_the_model_is_loaded_in_the_lifespan_not_when_the_app_is_made(tmp_path):
+    from mnist_cnn.serve import create_app  # here: FastAPI's import kept out of every worker's collection
+
     app = create_app(str(tmp_path / "missing.onnx")).app  # a worker process makes its app this way, then starts it
 
     async def start():

@@ -159,6 +159,7 @@ def test_a_large_image_is_decoded_off_the_event_loop(guarded):
     assert len(waits) > 10 and max(waits) < 0.25, max(waits)
 
 
+@pytest.mark.stage
 def test_a_nan_answer_for_an_image_is_a_500_in_one_line_of_json(tmp_path, digits):
     tiny_onnx(tmp_path / "nan.onnx", nan="for_digits")  # finite for the blank images of the start's check
     with served_model(tmp_path, "--model", "nan.onnx", "--workers", "1") as (_, url):
@@ -169,6 +170,7 @@ def test_a_nan_answer_for_an_image_is_a_500_in_one_line_of_json(tmp_path, digits
                                                             "infinite: the model is broken; train it again"}
 
 
+@pytest.mark.stage
 def test_a_model_that_answers_nan_is_refused_at_start_in_one_line(tmp_path):
     tiny_onnx(tmp_path / "nan.onnx", nan="always")
     result = serve(tmp_path, "--model", "nan.onnx", "--workers", "2")
@@ -178,6 +180,7 @@ def test_a_model_that_answers_nan_is_refused_at_start_in_one_line(tmp_path):
         "again (`dvc repro --force train`) or serve another --model"]
 
 
+@pytest.mark.stage
 def test_a_model_made_for_one_image_at_a_time_answers_a_batch(tmp_path, digits):
     tiny_onnx(tmp_path / "one.onnx", batch=1)
     tiny_onnx(tmp_path / "any.onnx")  # the same weights, any batch
@@ -193,6 +196,7 @@ def test_a_model_made_for_one_image_at_a_time_answers_a_batch(tmp_path, digits):
                                [[t["probability"] for t in p["top"]] for p in answers["any.onnx"]], rtol=1e-5)
 
 
+@pytest.mark.stage
 def test_more_connections_than_the_limit_is_one_line_at_start(model_dir):
     result = serve(model_dir, "--model", "model.onnx", "--max-connections", "500", open_files=256)
     assert (result.returncode, result.stdout) == (1, "")

@@ -367,6 +367,7 @@ def test_a_signal_whose_keyboardinterrupt_was_lost_stops_keras_fit_at_the_next_b
     assert signal_at.seen == [("train", 0), ("train", 1), ("train", 2)]
 
 
+@pytest.mark.slow  # a multi-worker fit in process: about 3 CPU-s
 def test_a_signal_whose_keyboardinterrupt_was_lost_stops_multi_worker_fit_at_the_next_step(sharded_dir,
                                                                                            lost_signal):
     """multi_worker.fit's own loop calls the batch hooks, as Keras' fit() does: here on one worker, with the
