@@ -153,13 +153,9 @@ def processed_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("processed")
     raw = directory / "raw.npz"
     write_npz(raw, {**tiny_arrays(), "class_names": np.array([str(d) for d in range(10)])})
-    cwd = os.getcwd()
-    os.chdir(directory)
-    try:
-        write_params(directory)
+    write_params(directory)
+    with contextlib.chdir(directory):
         preprocess.main([str(raw), str(directory)])
-    finally:
-        os.chdir(cwd)
     return directory
 
 
@@ -274,18 +270,8 @@ def built_once(tmp_path_factory, name, build):
     return shared
 
 
-def run_in_folder(directory, *steps):
-    """Each step called with directory as the current directory, then back."""
-    cwd = os.getcwd()
-    os.chdir(directory)
-    try:
-        for step in steps:
-            step()
-    finally:
-        os.chdir(cwd)
-
-
 def trained_paths(directory):
+    """Where trained_run's outputs lie under its folder."""
     return {"processed": directory / "processed", "model": directory / "models" / "model.keras",
             "log_dir": directory / "metrics" / "train", "metrics": directory / "metrics" / "evaluate.json",
             "predictions": directory / "metrics" / "predictions.csv"}
@@ -303,12 +289,11 @@ def trained_run(tmp_path_factory, processed_dir):
         # float32 on every machine (auto is bfloat16 on a CPU with AVX512-BF16): the exported models compute in
         # float32, and the tests compare them with this model's own predictions to 1e-4
         write_params(directory, train__epochs=4, train__batch_size=16, train__precision="float32")
-        run_in_folder(
-            directory,
-            lambda: train.main([str(paths["processed"] / "train"), str(paths["processed"] / "val"),
-                                str(paths["model"]), str(paths["log_dir"])]),
-            lambda: evaluate.main([str(paths["model"]), str(paths["processed"] / "test"), str(paths["metrics"]),
-                                   str(paths["predictions"])]))
+        with contextlib.chdir(directory):
+            train.main([str(paths["processed"] / "train"), str(paths["processed"] / "val"), str(paths["model"]),
+                        str(paths["log_dir"])])
+            evaluate.main([str(paths["model"]), str(paths["processed"] / "test"), str(paths["metrics"]),
+                           str(paths["predictions"])])
 
     return trained_paths(built_once(tmp_path_factory, "trained", build))
 
@@ -321,8 +306,9 @@ def exported_run(tmp_path_factory, trained_run):
 
     def build(directory):
         shutil.copytree(trained_run["model"].parent.parent, directory, dirs_exist_ok=True)
-        run_in_folder(directory, lambda: export.main([str(trained_run["model"]), str(trained_run["processed"] / "test"),
-                                                      "models", "metrics/export.json"]))
+        with contextlib.chdir(directory):
+            export.main([str(trained_run["model"]), str(trained_run["processed"] / "test"), "models",
+                         "metrics/export.json"])
 
     directory = built_once(tmp_path_factory, "exported", build)
     return {**trained_run, "exports": directory / "models", "export_metrics": directory / "metrics" / "export.json"}
