@@ -1,5 +1,7 @@
 """Fixtures shared by the tests: tiny generated datasets, params files, a loopback HTTP server."""
 import contextlib
+import gc
+import importlib
 import io
 import os
 import shutil
@@ -222,6 +224,33 @@ def run_stage(module, *args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)],
                           cwd=cwd, env={**os.environ, **CODE_ENV, **(env or {})}, capture_output=True, text=True,
                           timeout=600)
+
+
+@pytest.fixture
+def run_here(capsys, monkeypatch):
+    """run_stage's twin for the checks of a user's mistake: the stage or command runs as runner.run runs it (its one
+    line, its exit status, a bug's traceback) but in this process, where TensorFlow is loaded already, instead of in
+    a new one that imports it again (5 CPU-s each). What only a process shows stays with run_stage: signals, the
+    library output the runner filters, exit-time hangs, the environment read at import."""
+    from mnist_cnn import runner
+
+    monkeypatch.setattr(runner, "die_with_parent", lambda: None)  # this worker's parent is pytest, not dvc
+
+    def run_here(module, *args, cwd):
+        main = importlib.import_module(module).main
+        command = None if module.startswith("stages.") else module.rsplit(".", 1)[1]
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", [module, *map(str, args)])
+        with contextlib.chdir(cwd):
+            try:
+                status = runner._outcome(main, command)
+            except SystemExit as e:  # predict's exit status 1 when some of its files failed
+                status = e.code
+        gc.collect()  # as run() does: what the error's traceback held (a tf.data pipeline) freed now
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(sys.argv, status, out, err)
+
+    return run_here
 
 
 # The tiny configuration of the end-to-end tests: generated digits, one short epoch.

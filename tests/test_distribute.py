@@ -74,11 +74,10 @@ def test_distribute_picks_devices_by_what_the_machine_has(monkeypatch, choice, g
     assert strategy == expected if expected != "default" else strategy is train.tf.distribute.get_strategy()
 
 
-@pytest.mark.slow
-def test_multi_worker_without_tf_config_is_one_line(processed_dir, workdir):
+def test_multi_worker_without_tf_config_is_one_line(processed_dir, workdir, monkeypatch, run_here):
     write_params(workdir, train__distribute="multi_worker")
-    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
-                       cwd=workdir, env={"TF_CONFIG": ""})
+    monkeypatch.setenv("TF_CONFIG", "")
+    result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "multi_worker needs TF_CONFIG in every worker's environment" in lines[0], lines

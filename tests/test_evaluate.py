@@ -123,20 +123,18 @@ def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
     assert not (workdir / "m.json").exists()
 
 
-@pytest.mark.slow
-def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir):
+def test_a_file_that_is_not_a_model_is_one_line(workdir, processed_dir, run_here):
     (workdir / "model.keras").write_bytes(b"not a model")
-    result = run_stage("stages.evaluate", "model.keras", processed_dir / "test", "m.json", "p.csv", cwd=workdir)
+    result = run_here("stages.evaluate", "model.keras", processed_dir / "test", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.keras is not a Keras model"), lines
 
 
-@pytest.mark.slow
-def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir):
+def test_stale_model_that_does_not_fit_the_data_is_one_line(trained_run, workdir, run_here):
     x, y = read_all(open_split(trained_run["processed"] / "test"))
     write_split(workdir / "test", x, y, np.array(["a", "b", "c"]), 64)
-    result = run_stage("stages.evaluate", trained_run["model"], "test", "m.json", "p.csv", cwd=workdir)
+    result = run_here("stages.evaluate", trained_run["model"], "test", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not fit test (" in lines[0] and "run `dvc repro`" in lines[0], lines

@@ -81,7 +81,7 @@ def onnx_only(exported_run, tmp_path):
     return tmp_path
 
 
-def test_predict_runs_the_onnx_file_without_tensorflow(onnx_only):
+def test_predict_runs_the_onnx_file_without_tensorflow(onnx_only, run_here):
     """With tensorflow and keras made unimportable, predict still classifies from the ONNX file, as the Keras
     model does; named no model, it picks models/model.onnx."""
     blocked = onnx_only / "blocked"
@@ -94,15 +94,15 @@ def test_predict_runs_the_onnx_file_without_tensorflow(onnx_only):
                      env={"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"})
     assert onnx.returncode == 0, onnx.stderr
     assert "6 images classified, 0 failed" in onnx.stderr and "(models/model.onnx, onnx)" in onnx.stderr
-    keras = run_stage("mnist_cnn.predict", "--json", "--top-k", 3, "--model", "models/model.keras", "digits.npy",
-                      cwd=onnx_only)
+    keras = run_here("mnist_cnn.predict", "--json", "--top-k", 3, "--model", "models/model.keras", "digits.npy",
+                     cwd=onnx_only)
     assert keras.returncode == 0, keras.stderr
     for a, b in zip(json.loads(onnx.stdout), json.loads(keras.stdout), strict=True):
         assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-4
         assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
     # Without the ONNX file, the Keras model is the default
     os.remove(onnx_only / "models" / "model.onnx")
-    fallback = run_stage("mnist_cnn.predict", "digits.npy", cwd=onnx_only)
+    fallback = run_here("mnist_cnn.predict", "digits.npy", cwd=onnx_only)
     assert fallback.returncode == 0 and "(models/model.keras, keras)" in fallback.stderr
 
 
@@ -163,7 +163,7 @@ def saved_model_that_writes(folder, target):
     return folder
 
 
-def test_a_savedmodel_that_writes_files_runs_only_with_trust_model(tmp_path):
+def test_a_savedmodel_that_writes_files_runs_only_with_trust_model(tmp_path, run_here):
     target = tmp_path / "written.txt"
     saved_model_that_writes(tmp_path / "downloaded", target)
     digits, _ = digit_images(2, seed=1)
@@ -172,12 +172,12 @@ def test_a_savedmodel_that_writes_files_runs_only_with_trust_model(tmp_path):
     assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert "downloaded: a SavedModel is a program that can read and write files" in refused.stderr
     assert not target.exists()
-    trusted = run_stage("mnist_cnn.predict", "--model", "downloaded", "--trust-model", "digits.npy", cwd=tmp_path)
+    trusted = run_here("mnist_cnn.predict", "--model", "downloaded", "--trust-model", "digits.npy", cwd=tmp_path)
     assert trusted.returncode == 0, trusted.stderr
     assert target.read_text() == "written by the model"  # what --trust-model lets it do
 
 
-def test_the_projects_own_exports_load_without_the_flag(exported_run, tmp_path):
+def test_the_projects_own_exports_load_without_the_flag(exported_run, tmp_path, run_here):
     """The SavedModel and LiteRT file whose digests the project's dvc.lock records (DVC's own digests here, from
     `dvc add`) load freely; one byte changed, the LiteRT file is refused."""
     models = tmp_path / "models"
@@ -192,7 +192,7 @@ def test_the_projects_own_exports_load_without_the_flag(exported_run, tmp_path):
     digits, _ = digit_images(3, seed=2)
     np.save(tmp_path / "digits.npy", digits)
     for model, format in (("models/saved_model", "saved_model"), ("models/model.tflite", "litert")):
-        result = run_stage("mnist_cnn.predict", "--model", model, "digits.npy", cwd=tmp_path)
+        result = run_here("mnist_cnn.predict", "--model", model, "digits.npy", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "3 images classified, 0 failed" in result.stderr and f"({model}, {format})" in result.stderr
     with open(models / "model.tflite", "r+b") as f:

@@ -47,16 +47,16 @@ def good_images(tmp_path):
     return folder, labels
 
 
-def predict_json(model_dir, *paths, top_k=1):
-    result = run_stage("mnist_cnn.predict", "--model", model_dir / "model.keras", "--json", "--top-k", top_k, *paths,
+def predict_json(run_here, model_dir, *paths, top_k=1):
+    result = run_here("mnist_cnn.predict", "--model", model_dir / "model.keras", "--json", "--top-k", top_k, *paths,
                        cwd=model_dir)
     return result, json.loads(result.stdout) if result.stdout.strip() else []
 
 
 @pytest.mark.slow
-def test_json_output_for_every_kind_of_image(model_dir, good_images):
+def test_json_output_for_every_kind_of_image(model_dir, good_images, run_here):
     folder, labels = good_images
-    result, out = predict_json(model_dir, folder, top_k=3)
+    result, out = predict_json(run_here, model_dir, folder, top_k=3)
     assert result.returncode == 0, result.stderr
     assert [os.path.basename(r["path"]) for r in out] == sorted(os.listdir(folder))
     for r in out:
@@ -75,12 +75,11 @@ def test_json_output_for_every_kind_of_image(model_dir, good_images):
         np.testing.assert_allclose([t["probability"] for t in r["top_k"]], expected[ranked], atol=1e-5)
 
 
-@pytest.mark.slow
-def test_text_lines_and_arrays(model_dir, tmp_path):
+def test_text_lines_and_arrays(model_dir, tmp_path, run_here):
     digits, _ = digit_images(5, seed=6)
     np.save(tmp_path / "digits.npy", digits[:3])
     np.savez(tmp_path / "more.npz", first=digits[3:4], second=digits[4:5, :, :, None])
-    result = run_stage("mnist_cnn.predict", "--model", model_dir / "model.keras", tmp_path / "digits.npy",
+    result = run_here("mnist_cnn.predict", "--model", model_dir / "model.keras", tmp_path / "digits.npy",
                        tmp_path / "more.npz", cwd=model_dir)
     assert result.returncode == 0, result.stderr
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
@@ -108,10 +107,10 @@ def write_bad_files(folder):
 
 
 @pytest.mark.slow
-def test_bad_files_are_one_line_each_and_good_ones_still_classified(model_dir, good_images):
+def test_bad_files_are_one_line_each_and_good_ones_still_classified(model_dir, good_images, run_here):
     folder, _ = good_images
     expected = write_bad_files(folder)
-    result, out = predict_json(model_dir, folder, folder / "missing.png")
+    result, out = predict_json(run_here, model_dir, folder, folder / "missing.png")
     assert result.returncode == 1
     assert len(out) == 4 and all(r["path"].endswith(("jpg", "png", "gif")) for r in out)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -141,10 +140,9 @@ def test_a_fifo_as_the_model_is_one_line_not_a_hang(tmp_path, good_images, name)
         f"file or a SavedModel folder"])
 
 
-@pytest.mark.slow
-def test_file_that_is_not_a_keras_model(tmp_path, good_images):
+def test_file_that_is_not_a_keras_model(tmp_path, good_images, run_here):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    result = run_stage("mnist_cnn.predict", "--model", tmp_path / "model.keras", good_images[0], cwd=tmp_path)
+    result = run_here("mnist_cnn.predict", "--model", tmp_path / "model.keras", good_images[0], cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not a Keras model" in lines[0], lines
@@ -167,8 +165,7 @@ def test_thousands_of_images_go_through_in_batches(model_dir, tmp_path, monkeypa
 
 # ---------------------------------------------------------------- hostile input, round two
 
-@pytest.mark.slow
-def test_special_files_and_odd_arrays_among_the_paths(model_dir, good_images, tmp_path):
+def test_special_files_and_odd_arrays_among_the_paths(model_dir, good_images, tmp_path, run_here):
     """FIFOs (given directly or met in a folder), link loops, dangling links, a non-UTF-8 name, an array
     header claiming terabytes, one RGB image as an array: one line each, the rest classified, no hang."""
     import io
@@ -183,7 +180,8 @@ def test_special_files_and_odd_arrays_among_the_paths(model_dir, good_images, tm
     (tmp_path / "huge.npy").write_bytes(header.getvalue() + b"x" * 64)
     digit = digit_images(1, seed=9)[0][0]
     np.save(tmp_path / "rgb.npy", np.repeat(digit[..., None], 3, axis=2))  # one H x W x 3 colour image
-    result, out = predict_json(model_dir, folder, tmp_path / "given.png", tmp_path / "huge.npy", tmp_path / "rgb.npy")
+    result, out = predict_json(run_here, model_dir, folder, tmp_path / "given.png", tmp_path / "huge.npy",
+                               tmp_path / "rgb.npy")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 5, errors

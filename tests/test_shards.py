@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CODE_ENV, run_stage, write_params
+from conftest import CODE_ENV, write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import write_npz
 from mnist_cnn.shards import MANIFEST, open_split, read_all, read_labels, write_split
@@ -99,32 +99,31 @@ def test_labels_out_of_range_in_a_one_shard_split_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_labels_out_of_range_in_a_streamed_split_stop_training_in_one_line(sharded_dir, workdir):
+def test_labels_out_of_range_in_a_streamed_split_stop_training_in_one_line(sharded_dir, workdir, run_here):
     """Streamed, tf.one_hot made a row of zeros of label 10 and training went on."""
     write_params(workdir, train__epochs=1, train__batch_size=16)
     labels_out_of_range(workdir / "train", 0.05)
-    result = run_stage("stages.train", "train", sharded_dir / "val", "model.keras", "log", cwd=workdir)
+    result = run_here("stages.train", "train", sharded_dir / "val", "model.keras", "log", cwd=workdir)
     assert "holds labels 0..10 but its split has 10 classes (0..9)" in one_line(result)
     assert not (workdir / "model.keras").exists() and not (workdir / "log").exists()
 
 
-@pytest.mark.slow
-def test_a_deleted_middle_shard_stops_training_in_one_line(sharded_dir, workdir):
+def test_a_deleted_middle_shard_stops_training_in_one_line(sharded_dir, workdir, run_here):
     write_params(workdir, train__epochs=1, train__batch_size=16)
     split = copy_split(sharded_dir, "train", workdir)
     (split / "part-00002.npz").unlink()
-    result = run_stage("stages.train", "train", sharded_dir / "val", "model.keras", "log", cwd=workdir)
+    result = run_here("stages.train", "train", sharded_dir / "val", "model.keras", "log", cwd=workdir)
     assert "train lacks part-00002.npz of the 4 shards" in one_line(result)
     assert not (workdir / "model.keras").exists()
 
 
 @pytest.mark.slow
-def test_flipped_bytes_in_a_streamed_training_shard_are_one_line(sharded_dir, workdir):
+def test_flipped_bytes_in_a_streamed_training_shard_are_one_line(sharded_dir, workdir, run_here):
     """Was a 97-line TensorFlow traceback around `Bad CRC-32`."""
     write_params(workdir, train__epochs=1, train__batch_size=16, train__shuffle_buffer=100)
     split = copy_split(sharded_dir, "train", workdir)
     flip_bytes(split / "part-00002.npz")
-    result = run_stage("stages.train", "train", sharded_dir / "val", "model.keras", "log", cwd=workdir)
+    result = run_here("stages.train", "train", sharded_dir / "val", "model.keras", "log", cwd=workdir)
     assert one_line(result) == ("error: train/part-00002.npz has changed since preprocess wrote it (its SHA-256 is "
                                 "not the one in manifest.json): delete train and run `dvc repro preprocess`")
     assert not (workdir / "model.keras").exists() and not (workdir / "log").exists()

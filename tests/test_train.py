@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CODE_ENV, REPO, mounted_tmpfs, run_stage, start_stage, wait_for_line, write_params
+from conftest import CODE_ENV, REPO, mounted_tmpfs, start_stage, wait_for_line, write_params
 from mnist_cnn import network, runner
 from mnist_cnn.errors import UserError
 from mnist_cnn.params import load_params
@@ -28,10 +28,9 @@ def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, wor
     assert json.loads(log)["step"] == 1  # both epochs ran
 
 
-@pytest.mark.slow
-def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir):
+def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir, run_here):
     write_params(workdir, model__augment__zoom=0.1, model__augment__off_last_epochs=10)
-    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
+    result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -64,10 +63,9 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert train.learning_rate({**params, "schedule": "constant"}, 1000) == 0.004
 
 
-@pytest.mark.slow
-def test_impossible_network_is_a_user_error(processed_dir, workdir):
+def test_impossible_network_is_a_user_error(processed_dir, workdir, run_here):
     write_params(workdir, model__conv_filters=[8, 8, 8, 8], model__pool_size=3)
-    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
+    result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
                        cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -153,9 +151,8 @@ def test_speed_knobs_do_not_change_the_results(processed_dir, workdir):
     assert other_log["eval"]["loss"] == pytest.approx(first_log["eval"]["loss"], rel=1e-5)  # summed in another order
 
 
-@pytest.mark.slow
-def test_missing_training_data_is_one_line(workdir):
-    result = run_stage("stages.train", "nope/train", "nope/val", "m.keras", "log", cwd=workdir)
+def test_missing_training_data_is_one_line(workdir, run_here):
+    result = run_here("stages.train", "nope/train", "nope/val", "m.keras", "log", cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: nope/train is not a folder of shards: run `dvc repro preprocess` to create it"]
@@ -268,10 +265,10 @@ def test_a_sigint_whose_keyboardinterrupt_python_lost_still_stops_the_stage(proc
     ("float32", 1e5, ""),  # NaN (1e30 in bfloat16 on a CPU with AVX512-BF16 kept a finite loss of 2e30)
 ])
 def test_a_run_that_diverges_stops_training_without_a_model(processed_dir, workdir, previous_log, precision, rate,
-                                                             loss):
+                                                             loss, run_here):
     log_before = tree(previous_log)
     write_params(workdir, train__epochs=3, train__learning_rate=rate, train__precision=precision)
-    result = run_stage("stages.train", processed_dir / "train", processed_dir / "val", "models/model.keras",
+    result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "models/model.keras",
                        "log", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -307,11 +304,11 @@ def test_divergence_is_a_non_finite_loss_or_a_training_loss_over_three_uniform_g
 
 @pytest.mark.slow
 @pytest.mark.ci_prerequisite
-def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workdir):
+def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workdir, run_here):
     write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "size=1m") as models:
         (models / "model.keras").write_bytes(b"previous model")
-        result = run_stage("stages.train", processed_dir / "train", processed_dir / "val",
+        result = run_here("stages.train", processed_dir / "train", processed_dir / "val",
                            "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
@@ -322,10 +319,10 @@ def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workd
 
 @pytest.mark.slow
 @pytest.mark.ci_prerequisite
-def test_read_only_output_folder_is_one_line(processed_dir, workdir):
+def test_read_only_output_folder_is_one_line(processed_dir, workdir, run_here):
     write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "ro", "size=1m") as models:
-        result = run_stage("stages.train", processed_dir / "train", processed_dir / "val",
+        result = run_here("stages.train", processed_dir / "train", processed_dir / "val",
                            "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
