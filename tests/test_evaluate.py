@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_stage, write_params
+from conftest import write_params
 from mnist_cnn.errors import UserError
 from mnist_cnn.files import write_json
 from mnist_cnn.shards import open_split, read_all, read_labels, write_split
@@ -113,10 +113,8 @@ def test_predictions_match_the_test_labels_and_the_accuracy(trained_run):
     assert accuracy == json.loads(trained_run["metrics"].read_text())["accuracy"]
 
 
-@pytest.mark.slow
-def test_missing_model_tells_the_user_to_train(workdir, processed_dir):
-    result = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test", "m.json", "p.csv",
-                       cwd=workdir)
+def test_missing_model_tells_the_user_to_train(workdir, processed_dir, run_here):
+    result = run_here("stages.evaluate", "models/model.keras", processed_dir / "test", "m.json", "p.csv", cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: models/model.keras not found: run `dvc repro` to train the model"]
