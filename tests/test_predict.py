@@ -49,7 +49,7 @@ def good_images(tmp_path):
 
 def predict_json(run_here, model_dir, *paths, top_k=1):
     result = run_here("mnist_cnn.predict", "--model", model_dir / "model.keras", "--json", "--top-k", top_k, *paths,
-                       cwd=model_dir)
+                      cwd=model_dir)
     return result, json.loads(result.stdout) if result.stdout.strip() else []
 
 
@@ -80,7 +80,7 @@ def test_text_lines_and_arrays(model_dir, tmp_path, run_here):
     np.save(tmp_path / "digits.npy", digits[:3])
     np.savez(tmp_path / "more.npz", first=digits[3:4], second=digits[4:5, :, :, None])
     result = run_here("mnist_cnn.predict", "--model", model_dir / "model.keras", tmp_path / "digits.npy",
-                       tmp_path / "more.npz", cwd=model_dir)
+                      tmp_path / "more.npz", cwd=model_dir)
     assert result.returncode == 0, result.stderr
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert [n.replace(str(tmp_path) + "/", "") for n in names] == [

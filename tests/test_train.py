@@ -31,7 +31,7 @@ def test_augmentation_off_ends_training_on_unaugmented_images(processed_dir, wor
 def test_augmentation_off_for_every_epoch_is_a_user_error(processed_dir, workdir, run_here):
     write_params(workdir, model__augment__zoom=0.1, model__augment__off_last_epochs=10)
     result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
-                       cwd=workdir)
+                      cwd=workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: model.augment.off_last_epochs = 10 leaves no augmented epoch of train.epochs = 10; "
@@ -66,7 +66,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 def test_impossible_network_is_a_user_error(processed_dir, workdir, run_here):
     write_params(workdir, model__conv_filters=[8, 8, 8, 8], model__pool_size=3)
     result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "m.keras", "log",
-                       cwd=workdir)
+                      cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model.* params give an impossible network"), lines
@@ -269,7 +269,7 @@ def test_a_run_that_diverges_stops_training_without_a_model(processed_dir, workd
     log_before = tree(previous_log)
     write_params(workdir, train__epochs=3, train__learning_rate=rate, train__precision=precision)
     result = run_here("stages.train", processed_dir / "train", processed_dir / "val", "models/model.keras",
-                       "log", cwd=workdir)
+                      "log", cwd=workdir)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -309,7 +309,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_model(processed_dir, workd
     with mounted_tmpfs(workdir / "models", "size=1m") as models:
         (models / "model.keras").write_bytes(b"previous model")
         result = run_here("stages.train", processed_dir / "train", processed_dir / "val",
-                           "models/model.keras", "log", cwd=workdir)
+                          "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "the disk is full" in lines[0], lines
@@ -323,7 +323,7 @@ def test_read_only_output_folder_is_one_line(processed_dir, workdir, run_here):
     write_params(workdir, train__epochs=1)
     with mounted_tmpfs(workdir / "models", "ro", "size=1m") as models:
         result = run_here("stages.train", processed_dir / "train", processed_dir / "val",
-                           "models/model.keras", "log", cwd=workdir)
+                          "models/model.keras", "log", cwd=workdir)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "read-only" in lines[0], lines
