@@ -17,12 +17,14 @@ GRIDS_3X3 = {"plot__samples": 9, "plot__misclassified": 9}
 
 
 @pytest.fixture
-def plot(monkeypatch):
+def plot():
     """The stage's module, imported by the tests that use it: matplotlib's import (0.6 s) stays out of every xdist
     worker's collection. An in-process predict before it in the worker blocks matplotlib for the rest of its process
-    (runtimes._tensorflow): unblocked for the test."""
-    if "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
-        monkeypatch.delitem(sys.modules, "matplotlib")
+    (runtimes._tensorflow): unblocked for good, not only for the test. Blocked again after it, the next test that
+    asked for matplotlib would import a second copy of the package beside the first one's cached submodules, and
+    pyplot's first figure would fail (`module 'matplotlib' has no attribute 'backend_bases'`)."""
+    if sys.modules.get("matplotlib", "") is None:
+        del sys.modules["matplotlib"]
     from stages import plot
 
     return plot
