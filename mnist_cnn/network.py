@@ -17,25 +17,26 @@ from keras import layers  # noqa: E402
 
 class RandomAffine(layers.Layer):
     """Random rotation, zoom and shift of each training image, composed into one affine map and
-    resampled once (bilinear, black outside), then strokes thinned or thickened, Gaussian noise on
-    each pixel, and a rectangle of one random grey over half of the images (random erasing); the
-    identity at inference, and left out of the saved model (inference_model). Keras' RandomRotation,
-    RandomZoom and RandomTranslation in a row would interpolate three times, blurring the training
-    images away from the crisp test images.
+    resampled once (bilinear, black outside), then strokes thinned or thickened, some images solarised,
+    Gaussian noise on each pixel, and a rectangle of one random grey over half of the images (random
+    erasing); the identity at inference, and left out of the saved model (inference_model). Keras'
+    RandomRotation, RandomZoom and RandomTranslation in a row would interpolate three times, blurring the
+    training images away from the crisp test images.
 
     rotation: up to this many degrees either way; zoom: scale by 1 +- up to this fraction (same for
     both axes); shift: up to this fraction of the height and width; stroke: up to this fraction of the
-    way to the image's 3x3 dilation or erosion; noise: the noise's standard deviation; erase: the
-    rectangle's largest area, as a fraction of the image's (its aspect ratio between 1:3 and 3:1,
-    anywhere, clipped by the border; Zhong et al. 2017). Draws come from a seeded Keras
-    SeedGenerator, so a seeded run repeats them. Every draw is scaled by `strength`: 1, or 0 to pass
-    the images through unchanged (AugmentationOff sets it for the last epochs).
+    way to the image's 3x3 dilation or erosion; solarize: the fraction of images solarised; noise: the
+    noise's standard deviation; erase: the rectangle's largest area, as a fraction of the image's (its
+    aspect ratio between 1:3 and 3:1, anywhere, clipped by the border; Zhong et al. 2017). Draws come
+    from a seeded Keras SeedGenerator, so a seeded run repeats them. Every draw is scaled by `strength`:
+    1, or 0 to pass the images through unchanged (AugmentationOff sets it for the last epochs).
     """
 
-    def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, noise=0.0, erase=0.0, stroke=0.0, **kwargs):
+    def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, noise=0.0, erase=0.0, stroke=0.0, solarize=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.rotation, self.zoom, self.shift, self.seed, self.noise = rotation, zoom, shift, seed, noise
-        self.erase, self.stroke = erase, stroke
+        self.erase, self.stroke, self.solarize = erase, stroke, solarize
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.strength = self.add_weight(shape=(), initializer="ones", trainable=False, name="strength")
 
@@ -61,6 +62,8 @@ class RandomAffine(layers.Layer):
             interpolation="BILINEAR", fill_mode="CONSTANT")
         if self.stroke:
             outputs = self.restroked(outputs, batch)
+        if self.solarize:
+            outputs = self.solarized(outputs, batch)
         if self.noise:  # no draw at all without it: runs without noise repeat the earlier ones exactly
             noise = keras.random.normal(tf.shape(outputs), stddev=self.noise, seed=self.seed_generator)
             outputs += noise * self.strength
@@ -76,6 +79,15 @@ class RandomAffine(layers.Layer):
         thicker = tf.nn.max_pool2d(images, 3, 1, "SAME")
         thinner = -tf.nn.max_pool2d(-images, 3, 1, "SAME")
         return images + tf.maximum(amount, 0) * (thicker - images) + tf.maximum(-amount, 0) * (thinner - images)
+
+    def solarized(self, images, batch):
+        """On a `solarize` fraction of the images, every pixel brighter than a random threshold (0-1) inverted
+        (AugMix's solarize). On a digit on black the background stays, the saturated cores of the strokes go
+        dark and their grey rims light: the digit becomes an outline of itself, its width set by the threshold."""
+        chosen = keras.random.uniform((batch,), seed=self.seed_generator) < self.solarize * self.strength
+        threshold = keras.random.uniform((batch,), seed=self.seed_generator)[:, None, None, None]
+        flip = chosen[:, None, None, None] & (images > threshold)
+        return tf.where(flip, 1 - images, images)
 
     def erased(self, images, batch, height, width):
         """A rectangle of one random grey (0-1) over each image, at random on half of them."""
@@ -98,7 +110,7 @@ class RandomAffine(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
                 "seed": self.seed, "noise": self.noise, "erase": self.erase,
-                "stroke": self.stroke}
+                "stroke": self.stroke, "solarize": self.solarize}
 
 
 class AugmentationOff(keras.callbacks.Callback):
@@ -116,7 +128,7 @@ class AugmentationOff(keras.callbacks.Callback):
 
 
 def augments(augment):
-    return any(augment[key] for key in ("rotation", "shift", "zoom", "noise", "erase", "stroke"))
+    return any(augment[key] for key in ("rotation", "shift", "zoom", "noise", "erase", "stroke", "solarize"))
 
 
 def augmentation(augment):
@@ -125,7 +137,8 @@ def augmentation(augment):
     if not augments(augment):
         return []
     return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], noise=augment["noise"],
-                         erase=augment["erase"], stroke=augment["stroke"], dtype="float32")]
+                         erase=augment["erase"], stroke=augment["stroke"], solarize=augment["solarize"],
+                         dtype="float32")]
 
 
 class FusedBatchNormalization(layers.BatchNormalization):

@@ -29,7 +29,7 @@ def test_default_model_is_the_notebooks_network():
 
 
 SETTINGS = ("filters", "units", "kernel_size", "strides", "padding", "pool_size", "rate", "activation", "use_bias",
-            "momentum", "epsilon", "rotation", "zoom", "shift", "noise", "erase", "stroke")
+            "momentum", "epsilon", "rotation", "zoom", "shift", "noise", "erase", "stroke", "solarize")
 
 
 def architecture(model):
@@ -55,12 +55,13 @@ def test_the_same_params_build_the_same_network_twice():
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
     ("convs_per_block", 2), ("padding", "same"), ("global_pool", "average"), ("global_pool", "max"),
     ("batch_norm", True), ("standardize", True),
-    ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0}),
-    ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0, "erase": 0, "stroke": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0.1, "erase": 0, "stroke": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0.3, "stroke": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0.5}),
+    ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0}),
+    ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0.1, "erase": 0, "stroke": 0, "solarize": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0.3, "stroke": 0, "solarize": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0.5, "solarize": 0}),
+    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0.1}),
 ])
 def test_every_model_param_changes_the_network(key, value):
     default = architecture(network.build_model(DEFAULTS["model"], (28, 28, 1), 10))
@@ -187,10 +188,36 @@ def test_stroke_thins_or_thickens_each_image_by_its_own_fraction_in_training_onl
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
 
 
+def test_solarize_inverts_the_pixels_above_one_threshold_per_image_on_its_fraction_in_training_only():
+    """model.augment.solarize: about that fraction of the images changed, each exactly as AugMix's solarize
+    at one threshold of its own (every pixel above it inverted, every other kept), thresholds across 0-1;
+    a digit's saturated core goes dark while its grey rim and the black background stay: its outline."""
+    params = {**DEFAULTS["model"], "augment": {**DEFAULTS["model"]["augment"], "solarize": 0.3}}
+    layer = network.build_model(params, (28, 28, 1), 10).layers[0]
+    x = np.zeros((1000, 28, 28, 1), np.float32)
+    x[:, 6:22, 12:16] = 1.0  # a bar 4 pixels wide
+    x[:, 6:22, 11] = x[:, 6:22, 16] = 0.4  # with a grey rim
+    x[:, 4, :, 0] = np.linspace(0, 1, 28, dtype=np.float32)  # and every grey, to read each threshold off
+    keras.utils.set_random_seed(0)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    changed = (y != x).any(axis=(1, 2, 3))
+    assert 0.25 < changed.mean() < 0.35
+    thresholds = []
+    for before, after in zip(x[changed], y[changed]):
+        flipped = after != before
+        threshold = before[flipped].min()  # the darkest pixel inverted: every brighter one is too
+        np.testing.assert_array_equal(after, np.where(before >= threshold, 1 - before, before))
+        assert (before[~flipped] < threshold).all()
+        thresholds.append(threshold)
+        if threshold > 0.4:  # the core dark, the rim and the background as they were: an outline
+            assert after[14, 14, 0] == 0 and after[14, 11, 0] == np.float32(0.4) and after[0, 0, 0] == 0
+    assert min(thresholds) < 0.1 and max(thresholds) > 0.9
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
 def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on():
     params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "noise": 0.1, "erase": 0.3,
-                                               "stroke": 0.5,
-                                               "off_last_epochs": 1}}
+                                               "stroke": 0.5, "solarize": 0.3, "off_last_epochs": 1}}
     model = network.build_model(params, (28, 28, 1), 10)
     callback = network.AugmentationOff(first=2)
     callback.set_model(model)

@@ -1,4 +1,5 @@
 """params.yaml: the schema, one-line errors for bad values, and the presets."""
+import glob
 import json
 import os
 import re
@@ -20,18 +21,20 @@ def test_repository_params_are_valid():
     assert {key: params["train"][key] for key in notebook} == notebook
     assert params["data"]["val_split"] == 0.2
     assert params["model"]["augment"] == {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0,
-                                          "stroke": 0, "off_last_epochs": 0}
+                                          "stroke": 0, "solarize": 0, "off_last_epochs": 0}
     assert (params["model"]["batch_norm"], params["model"]["standardize"], params["model"]["convs_per_block"]) == (
         False, False, 1)
 
 
 def test_presets_and_their_candidates_are_valid_params(tmp_path):
     """Each presets/*.yaml and each candidate bench/presets.py scored names existing params with allowed values,
-    and changes what it says; each preset is one of the candidates, scored in bench/results/presets.json."""
+    and changes what it says; each preset is one of the candidates, scored in a bench/results/presets*.json."""
     with open(os.path.join(REPO, "bench", "preset_candidates.yaml")) as f:
         candidates = yaml.safe_load(f)
-    with open(os.path.join(REPO, "bench", "results", "presets.json")) as f:
-        scored = json.load(f)["candidates"]
+    scored = {}  # one results file per machine the bench ran on (bench/presets.py --results)
+    for path in sorted(glob.glob(os.path.join(REPO, "bench", "results", "presets*.json"))):
+        with open(path) as f:
+            scored.update(json.load(f)["candidates"])
     presets = {}
     for name in os.listdir(os.path.join(REPO, "presets")):
         with open(os.path.join(REPO, "presets", name)) as f:

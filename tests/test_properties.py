@@ -72,6 +72,7 @@ ALLOWED = {
     "model.augment.noise": numbers(0, 10),
     "model.augment.erase": numbers(0, 1),
     "model.augment.stroke": numbers(0, 1),
+    "model.augment.solarize": numbers(0, 1),
     "model.augment.off_last_epochs": integers(0, 10_000),
     "train.epochs": integers(1, 10_000),
     "train.batch_size": integers(1, 65_536),
