@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from mnist_cnn import network  # first: imports TensorFlow without its log lines
+from mnist_cnn.files import write_json
 from mnist_cnn.params import load_params, set_dotted
 from stages import train
 from tools.project import REPO
@@ -86,10 +87,7 @@ def main():
               "ms_per_batch": ms, "runs_ms_per_batch": times,
               "preset_layer_over_step": round(ms["preset"] / step, 2),
               "steps_per_epoch_48000": -(-48000 // batch), "date": time.strftime("%Y-%m-%d")}
-    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "results", "augmentation.json"), "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(REPO, "bench", "results", "augmentation.json"), result)
     print(json.dumps(result))
 
 
