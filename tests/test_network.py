@@ -50,18 +50,18 @@ def test_the_same_params_build_the_same_network_twice():
     assert architecture(first) == architecture(second)
 
 
+NO_AUGMENTATION = dict.fromkeys(DEFAULTS["model"]["augment"], 0)  # every transform off: each case turns one on
+
+
 @pytest.mark.parametrize("key, value", [
     ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
     ("convs_per_block", 2), ("padding", "same"), ("global_pool", "average"), ("global_pool", "max"),
     ("batch_norm", True), ("standardize", True),
-    ("augment", {"rotation": 10, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0}),
-    ("augment", {"rotation": 0, "shift": 0.1, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0.1, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0.1, "erase": 0, "stroke": 0, "solarize": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0.3, "stroke": 0, "solarize": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0.5, "solarize": 0}),
-    ("augment", {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0, "stroke": 0, "solarize": 0.1}),
+    ("augment", {**NO_AUGMENTATION, "rotation": 10}), ("augment", {**NO_AUGMENTATION, "shift": 0.1}),
+    ("augment", {**NO_AUGMENTATION, "zoom": 0.1}), ("augment", {**NO_AUGMENTATION, "noise": 0.1}),
+    ("augment", {**NO_AUGMENTATION, "erase": 0.3}), ("augment", {**NO_AUGMENTATION, "stroke": 0.5}),
+    ("augment", {**NO_AUGMENTATION, "solarize": 0.1}),
 ])
 def test_every_model_param_changes_the_network(key, value):
     default = architecture(network.build_model(DEFAULTS["model"], (28, 28, 1), 10))
