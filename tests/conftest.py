@@ -3,10 +3,12 @@ import contextlib
 import gc
 import importlib
 import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -257,11 +259,77 @@ def run_here(capsys, monkeypatch):
 TINY_PARAMS = {"data__dataset": "npz", "data__path": "tiny.npz", "train__epochs": 1, "train__batch_size": 16}
 
 
+# DVC's commands that the tests run in their own process (DVC's own test suite calls its CLI's main the same way):
+# each saves the 1.2 CPU-s of a new process importing DVC (docs/development.md, "Where the time goes"). Not `exp run`
+# or `queue`, which can start DVC's detached workers by forking the calling process: those run as a user runs them.
+DVC_IN_PROCESS = {"add", "artifacts", "checkout", "dag", "init", "metrics", "params", "plots", "pull", "push",
+                  "remote", "repro", "status", ("exp", "show")}
+
+
+def dvc_here(cwd, args, env):
+    """`dvc ARGS` run by DVC's entry point in this process, in cwd with env, as a CompletedProcess: what DVC and the
+    stages it starts write to stdout and stderr, each in the order written, and DVC's exit status. DVC's logging is
+    set up afresh for the call, as a new `dvc` process sets it up on import, whatever the libraries loaded in this
+    process did to loggers meanwhile; everything it changes is put back after."""
+    import dvc.logger
+    from colorama import initialise as colorama  # DVC's `colorama.deinit()` and `reinit()` set sys.stdout to these
+    from dvc.cli import main
+    from dvc.ui import ui
+
+    streams = ("orig_stdout", "orig_stderr", "wrapped_stdout", "wrapped_stderr")
+    loggers = [logger for name, logger in logging.root.manager.loggerDict.items()
+               if name.split(".")[0] in ("dvc", "dvc_objects", "dvc_data") and isinstance(logger, logging.Logger)]
+    saved = {"environ": dict(os.environ), "streams": (sys.stdout, sys.stderr), "fds": (os.dup(1), os.dup(2)),
+             "loggers": [(logger.handlers, logger.level, logger.disabled) for logger in loggers],
+             "disable": logging.root.manager.disable, "colorama": [getattr(colorama, name) for name in streams]}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(out.fileno(), 1)  # the stages' output, which DVC passes through from fds 1 and 2
+        os.dup2(err.fileno(), 2)
+        # Python's writes go to the same fds, in order with the stages'; not closed after (closefd=False): what DVC
+        # keeps of them (tqdm's monitor) writes to pytest's capture from then on
+        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+                                  for fd in (1, 2))
+        for logger in loggers:
+            logger.handlers, logger.disabled = [], False
+        logging.disable(logging.NOTSET)
+        dvc.logger.setup()  # its handlers on these streams, and colorama's wrappers (ANSI codes stripped off a file)
+        for console in ("rich_console", "error_console"):  # built once, with the COLUMNS of its time
+            ui.__dict__.pop(console, None)
+        os.environ.update(env)
+        try:
+            with contextlib.chdir(cwd):
+                status = main(list(args))
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for logger, (handlers, level, disabled) in zip(loggers, saved["loggers"]):
+                logger.handlers, logger.disabled = handlers, disabled
+                logger.setLevel(level)
+            logging.disable(saved["disable"])
+            for name, stream in zip(streams, saved["colorama"]):
+                setattr(colorama, name, stream)
+            sys.stdout, sys.stderr = saved["streams"]
+            for fd, saved_fd in zip((1, 2), saved["fds"]):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
+            os.environ.clear()
+            os.environ.update(saved["environ"])
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["dvc", *args], status, out.read().decode("utf-8", "replace"),
+                                           err.read().decode("utf-8", "replace"))
+
+
 def sh(cwd, *command, env=None, check=True):
     """Run a command in a project with the test's Python first on PATH, as an activated venv would."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "DVC_NO_ANALYTICS": "1", **(env or {})}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if command[0] == "dvc" and (command[1] in DVC_IN_PROCESS or tuple(command[1:3]) in DVC_IN_PROCESS):
+        result = dvc_here(cwd, command[1:], env)
+    else:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result

@@ -57,6 +57,23 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
             assert image.format == "PNG"
 
 
+def test_dvc_run_in_the_tests_process_says_what_the_dvc_command_says(project):
+    """conftest.sh runs most DVC commands by DVC's entry point in the test's own process (DVC's own tests do the
+    same): each must print what the `dvc` command prints, exit as it exits, and leave this process as it was."""
+    root, _ = project
+    write_params(root, **TINY_PARAMS, plot__dpi=80)  # a changed param for status and params diff to report
+    before = (dict(os.environ), os.getcwd(), sys.stdout, sys.stderr, os.readlink("/proc/self/fd/1"))
+    for command in (("status",), ("params", "diff", "--json"), ("metrics", "show", "--json"), ("exp", "show", "--md"),
+                    ("repro", "no_such_stage"), ("plots", "show", "--json", "--no-such-option")):
+        here = conftest.sh(root, "dvc", *command, env={"COLUMNS": "100"}, check=False)
+        alone = subprocess.run(["dvc", *command], cwd=root, capture_output=True, text=True,
+                               env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
+                                    + os.environ["PATH"], "DVC_NO_ANALYTICS": "1", "COLUMNS": "100"})
+        assert (here.returncode, here.stdout, here.stderr) == (alone.returncode, alone.stdout, alone.stderr), command
+        assert (dict(os.environ), os.getcwd(), sys.stdout, sys.stderr, os.readlink("/proc/self/fd/1")) == before
+    assert here.returncode != 0 and "no-such-option" in here.stderr  # the last one failed, as DVC's parser does
+
+
 def test_metrics_and_plots_commands_work(project):
     root, _ = project
     shown = json.loads(sh(root, "dvc", "metrics", "show", "--json"))
