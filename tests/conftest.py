@@ -322,10 +322,16 @@ def dvc_here(cwd, args, env):
                                            err.read().decode("utf-8", "replace"))
 
 
+def command_env(env=None):
+    """The environment of a command run in a project: the test's Python first on PATH, as an activated venv would
+    put it, DVC's analytics off, and env's variables."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+            "DVC_NO_ANALYTICS": "1", **(env or {})}
+
+
 def sh(cwd, *command, env=None, check=True):
     """Run a command in a project with the test's Python first on PATH, as an activated venv would."""
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-           "DVC_NO_ANALYTICS": "1", **(env or {})}
+    env = command_env(env)
     if command[0] == "dvc" and (command[1] in DVC_IN_PROCESS or tuple(command[1:3]) in DVC_IN_PROCESS):
         result = dvc_here(cwd, command[1:], env)
     else:

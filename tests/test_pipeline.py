@@ -67,8 +67,7 @@ def test_dvc_run_in_the_tests_process_says_what_the_dvc_command_says(project):
                     ("repro", "no_such_stage"), ("plots", "show", "--json", "--no-such-option")):
         here = conftest.sh(root, "dvc", *command, env={"COLUMNS": "100"}, check=False)
         alone = subprocess.run(["dvc", *command], cwd=root, capture_output=True, text=True,
-                               env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
-                                    + os.environ["PATH"], "DVC_NO_ANALYTICS": "1", "COLUMNS": "100"})
+                               env=conftest.command_env({"COLUMNS": "100"}))
         assert (here.returncode, here.stdout, here.stderr) == (alone.returncode, alone.stdout, alone.stderr), command
         assert (dict(os.environ), os.getcwd(), sys.stdout, sys.stderr, os.readlink("/proc/self/fd/1")) == before
     assert here.returncode != 0 and "no-such-option" in here.stderr  # the last one failed, as DVC's parser does
