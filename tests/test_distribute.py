@@ -1,4 +1,5 @@
 """Scaling out with tf.distribute, shown on CPU: select with pytest -k "distribut or mirrored or multi_worker"."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,9 +12,9 @@ import time
 
 import pytest
 
-from conftest import CODE_ENV, run_stage, write_params
+from conftest import CODE_ENV, write_params
 from mnist_cnn.errors import UserError
-from stages import train
+from stages import evaluate, train
 from tools.project import free_ports
 
 # Runs the train stage with the CPU split into two logical devices, as two GPUs would be.
@@ -27,20 +28,23 @@ TWO_DEVICES = textwrap.dedent("""
 """)
 
 
-def train_and_evaluate(workdir, processed_dir, script=None):
-    """Train (optionally through a launcher script) and evaluate; returns train's stdout and the metrics."""
+def evaluated(workdir, test):
+    """The metrics of workdir's models/model.keras on the test split, by the evaluate stage in this process: the
+    trained model is what these tests are about, not evaluate's process (tests/test_evaluate.py; its clean stderr:
+    the first `dvc repro` in tests/test_pipeline.py)."""
+    with contextlib.chdir(workdir):
+        evaluate.main(["models/model.keras", str(test), "evaluate.json", "predictions.csv"])
+    return json.loads((workdir / "evaluate.json").read_text())
+
+
+def train_and_evaluate(workdir, processed_dir, script):
+    """Train through a launcher script and evaluate; returns train's stdout and the metrics."""
     args = [processed_dir / "train", processed_dir / "val", "models/model.keras", "log"]
-    if script:
-        result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=workdir,
-                                env={**os.environ, **CODE_ENV}, capture_output=True, text=True, timeout=600)
-    else:
-        result = run_stage("stages.train", *args, cwd=workdir)
+    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=workdir,
+                            env={**os.environ, **CODE_ENV}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # a run that succeeds prints nothing there (TensorFlow's C++ log lines included)
-    evaluated = run_stage("stages.evaluate", "models/model.keras", processed_dir / "test", "evaluate.json",
-                          "predictions.csv", cwd=workdir)
-    assert evaluated.returncode == 0 and evaluated.stderr == "", evaluated.stderr
-    return result.stdout, json.loads((workdir / "evaluate.json").read_text())
+    return result.stdout, evaluated(workdir, processed_dir / "test")
 
 
 @pytest.mark.slow
@@ -256,8 +260,5 @@ def test_multi_worker_two_processes_train_one_model_together(sharded_dir, tmp_pa
     assert (tmp_path / "worker0" / "log" / "plots" / "metrics" / "eval" / "accuracy.tsv").exists()
     assert not (tmp_path / "worker1" / "models").exists() and not (tmp_path / "worker1" / "log").exists()
     assert "worker 0 writes the model and the log" in second
-    evaluated = run_stage("stages.evaluate", "models/model.keras", sharded_dir / "test", "evaluate.json",
-                          "predictions.csv", cwd=tmp_path / "worker0")
-    assert evaluated.returncode == 0, evaluated.stderr
-    accuracy = json.loads((tmp_path / "worker0" / "evaluate.json").read_text())["accuracy"]
+    accuracy = evaluated(tmp_path / "worker0", sharded_dir / "test")["accuracy"]
     assert abs(accuracy - single["accuracy"]) <= 0.15 and accuracy > 0.5, (accuracy, single["accuracy"])
