@@ -261,9 +261,10 @@ TINY_PARAMS = {"data__dataset": "npz", "data__path": "tiny.npz", "train__epochs"
 
 # DVC's commands that the tests run in their own process (DVC's own test suite calls its CLI's main the same way):
 # each saves the 1.2 CPU-s of a new process importing DVC (docs/development.md, "Where the time goes"). Not `exp run`
-# or `queue`, which can start DVC's detached workers by forking the calling process: those run as a user runs them.
+# or `queue start`, which can start DVC's detached workers by forking the calling process: those run as a user runs
+# them. `queue status` and `queue remove` only read and edit the queue (no thread or process is left behind).
 DVC_IN_PROCESS = {"add", "artifacts", "checkout", "dag", "init", "metrics", "params", "plots", "pull", "push",
-                  "remote", "repro", "status", ("exp", "show")}
+                  "remote", "repro", "status", ("exp", "show"), ("queue", "status"), ("queue", "remove")}
 
 
 def dvc_here(cwd, args, env):

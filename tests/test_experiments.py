@@ -8,13 +8,14 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 
 import pytest
 import yaml
 
-from conftest import GIT, REPO, sh, stages_run
+from conftest import GIT, REPO, command_env, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -122,14 +123,31 @@ def preset_options(name):
     return options + [word for key, value in SHORTER.get(name, {}).items() for word in ("-S", f"{key}={value}")]
 
 
+def start_queue(clone, *options):
+    """`dvc queue start`, its output to a file. DVC's detached workers inherit it: with the output captured through
+    pipes, as sh() captures it, the call would last until the last worker exits, several seconds after the queue
+    has run everything (each worker waits for more work before it stops)."""
+    log = clone.parent / "queue-start.log"
+    with open(log, "w") as output:
+        result = subprocess.run(["dvc", "queue", "start", *options], cwd=clone, env=command_env(), stdout=output,
+                                stderr=subprocess.STDOUT, timeout=600)
+    assert result.returncode == 0, log.read_text()
+
+
+# An experiment's ref, refs/exps/<first 2 hex digits of its baseline>/<the rest>/<name> (dvc/repo/experiments/refs.py);
+# not the queue's own refs beside them (refs/exps/celery/stash holds the experiments still queued)
+EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]+/[^/]+$")
+
+
 def wait_for_queue(clone, count, timeout=600):
     """Until the queue has run everything; the status table, after checking count succeeded. Each experiment that
-    lands adds a ref under refs/exps, which git lists in milliseconds, where each `dvc queue status` costs a second of
-    the CPU the queued pipelines need: DVC is asked only every 20 s (a failed experiment adds no ref) and at the end."""
+    lands adds a ref under refs/exps, which git lists in milliseconds, where each `dvc queue status` costs 1 to 3 s of
+    the CPU the queued pipelines need: DVC is asked only every 60 s (a failed experiment adds no ref) and at the end."""
     deadline, asked, status = time.time() + timeout, time.time(), ""
     while time.time() < deadline:
-        landed = sh(clone, "git", "for-each-ref", "refs/exps").stdout.count("\n")
-        if landed >= count or time.time() - asked > 20:
+        refs = sh(clone, "git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+        landed = sum(bool(EXPERIMENT_REF.match(ref)) for ref in refs)
+        if landed >= count or time.time() - asked > 60:
             status = sh(clone, "dvc", "queue", "status").stdout
             if "Queued" not in status and "Running" not in status:
                 break
@@ -167,7 +185,7 @@ def test_presets_and_a_grid_sweep_from_the_queue_all_land_in_exp_show(clone):
         if point != KEPT:
             sh(clone, "dvc", "queue", "remove", name)
     assert sh(clone, "dvc", "queue", "status").stdout.count("Queued") == len(PRESETS) + 1
-    sh(clone, "dvc", "queue", "start", "-j", "2")
+    start_queue(clone, "-j", "2")
     wait_for_queue(clone, len(PRESETS) + 1)
 
     shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)

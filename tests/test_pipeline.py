@@ -64,7 +64,7 @@ def test_dvc_run_in_the_tests_process_says_what_the_dvc_command_says(project):
     write_params(root, **TINY_PARAMS, plot__dpi=80)  # a changed param for status and params diff to report
     before = (dict(os.environ), os.getcwd(), sys.stdout, sys.stderr, os.readlink("/proc/self/fd/1"))
     for command in (("status",), ("params", "diff", "--json"), ("metrics", "show", "--json"), ("exp", "show", "--md"),
-                    ("repro", "no_such_stage"), ("plots", "show", "--json", "--no-such-option")):
+                    ("queue", "status"), ("repro", "no_such_stage"), ("plots", "show", "--json", "--no-such-option")):
         here = conftest.sh(root, "dvc", *command, env={"COLUMNS": "100"}, check=False)
         alone = subprocess.run(["dvc", *command], cwd=root, capture_output=True, text=True,
                                env=conftest.command_env({"COLUMNS": "100"}))
