@@ -165,7 +165,9 @@ def queued_grid(clone):
             for train in [exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]]}
 
 
-KEPT = (0.001, 16)  # the grid point the queue test runs: (learning rate, batch size)
+# The grid point the queue test runs: (learning rate, batch size). Not (0.001, 16), the baseline's own params, whose
+# experiment would rerun nothing and report the baseline's metrics and export as its own
+KEPT = (0.0005, 16)
 
 
 @pytest.mark.timeout(1500)  # two queued tiny pipelines, each with its robustness stage: 600 s was too short at load 8
@@ -219,6 +221,8 @@ def test_presets_and_a_grid_sweep_from_the_queue_all_land_in_exp_show(clone):
     rows = [row for row in csv.DictReader(io.StringIO(shown))
             if row["Experiment"] and row["Experiment"] not in PRESETS]
     assert [(float(r["train.learning_rate"]), int(r["train.batch_size"])) for r in rows] == [KEPT]
+    main = json.loads((clone / "metrics" / "evaluate.json").read_text())  # the pulled baseline run's
     for row in rows:
         assert 0 <= float(row["accuracy"]) <= 1 and float(row["loss"]) > 0  # test metrics, from evaluate
+        assert round(float(row["loss"]), 4) != round(main["loss"], 4)  # its own run, not the baseline's
         assert float(row["onnx.agreement"]) >= 0.999  # every point was exported and checked
