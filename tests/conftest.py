@@ -272,6 +272,7 @@ def dvc_here(cwd, args, env):
     stages it starts write to stdout and stderr, each in the order written, and DVC's exit status. DVC's logging is
     set up afresh for the call, as a new `dvc` process sets it up on import, whatever the libraries loaded in this
     process did to loggers meanwhile; everything it changes is put back after."""
+    before = (sys.stdout, sys.stderr)  # as before dvc's first import here, which wraps them (colorama.init)
     import dvc.logger
     from colorama import initialise as colorama  # DVC's `colorama.deinit()` and `reinit()` set sys.stdout to these
     from dvc.cli import main
@@ -280,7 +281,7 @@ def dvc_here(cwd, args, env):
     streams = ("orig_stdout", "orig_stderr", "wrapped_stdout", "wrapped_stderr")
     loggers = [logger for name, logger in logging.root.manager.loggerDict.items()
                if name.split(".")[0] in ("dvc", "dvc_objects", "dvc_data") and isinstance(logger, logging.Logger)]
-    saved = {"environ": dict(os.environ), "streams": (sys.stdout, sys.stderr), "fds": (os.dup(1), os.dup(2)),
+    saved = {"environ": dict(os.environ), "streams": before, "fds": (os.dup(1), os.dup(2)),
              "loggers": [(logger.handlers, logger.level, logger.disabled) for logger in loggers],
              "disable": logging.root.manager.disable, "colorama": [getattr(colorama, name) for name in streams]}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -330,13 +331,26 @@ def command_env(env=None):
             "DVC_NO_ANALYTICS": "1", **(env or {})}
 
 
+def run_to_files(command, cwd, env):
+    """subprocess.run(command, capture_output=True, text=True), its output captured through files, not pipes: a process
+    that the command leaves behind (the workers `dvc queue start` detaches, which wait several seconds for more work
+    before they stop) inherits them, and would keep a pipe's reader waiting until it exits. Decoded as text=True
+    decodes (the locale's encoding, strict, universal newlines); what such a process writes later is not read."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=err, timeout=600).returncode
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = (io.TextIOWrapper(file, newline=None).read() for file in (out, err))
+    return subprocess.CompletedProcess(list(command), returncode, stdout, stderr)
+
+
 def sh(cwd, *command, env=None, check=True):
     """Run a command in a project with the test's Python first on PATH, as an activated venv would."""
     env = command_env(env)
     if command[0] == "dvc" and (command[1] in DVC_IN_PROCESS or tuple(command[1:3]) in DVC_IN_PROCESS):
         result = dvc_here(cwd, command[1:], env)
     else:
-        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        result = run_to_files(command, cwd, env)
     if check:
         assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 
 import pytest
 import yaml
 
-from conftest import GIT, REPO, command_env, sh, stages_run
+from conftest import GIT, REPO, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -123,17 +122,6 @@ def preset_options(name):
     return options + [word for key, value in SHORTER.get(name, {}).items() for word in ("-S", f"{key}={value}")]
 
 
-def start_queue(clone, *options):
-    """`dvc queue start`, its output to a file. DVC's detached workers inherit it: with the output captured through
-    pipes, as sh() captures it, the call would last until the last worker exits, several seconds after the queue
-    has run everything (each worker waits for more work before it stops)."""
-    log = clone.parent / "queue-start.log"
-    with open(log, "w") as output:
-        result = subprocess.run(["dvc", "queue", "start", *options], cwd=clone, env=command_env(), stdout=output,
-                                stderr=subprocess.STDOUT, timeout=600)
-    assert result.returncode == 0, log.read_text()
-
-
 # An experiment's ref, refs/exps/<first 2 hex digits of its baseline>/<the rest>/<name> (dvc/repo/experiments/refs.py);
 # not the queue's own refs beside them (refs/exps/celery/stash holds the experiments still queued)
 EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]+/[^/]+$")
@@ -187,7 +175,7 @@ def test_presets_and_a_grid_sweep_from_the_queue_all_land_in_exp_show(clone):
         if point != KEPT:
             sh(clone, "dvc", "queue", "remove", name)
     assert sh(clone, "dvc", "queue", "status").stdout.count("Queued") == len(PRESETS) + 1
-    start_queue(clone, "-j", "2")
+    sh(clone, "dvc", "queue", "start", "-j", "2")
     wait_for_queue(clone, len(PRESETS) + 1)
 
     shown = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)

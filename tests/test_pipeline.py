@@ -69,8 +69,35 @@ def test_dvc_run_in_the_tests_process_says_what_the_dvc_command_says(project):
         alone = subprocess.run(["dvc", *command], cwd=root, capture_output=True, text=True,
                                env=conftest.command_env({"COLUMNS": "100"}))
         assert (here.returncode, here.stdout, here.stderr) == (alone.returncode, alone.stdout, alone.stderr), command
-        assert (dict(os.environ), os.getcwd(), sys.stdout, sys.stderr, os.readlink("/proc/self/fd/1")) == before
+        after = (dict(os.environ), os.getcwd(), sys.stdout, sys.stderr, os.readlink("/proc/self/fd/1"))
+        assert after == before, command
     assert here.returncode != 0 and "no-such-option" in here.stderr  # the last one failed, as DVC's parser does
+
+
+def test_the_first_dvc_command_run_in_a_process_leaves_its_streams_as_they_were(tmp_path):
+    """DVC's first import in a process sets up its logging, which wraps sys.stdout and sys.stderr in colorama's
+    streams: conftest.sh must put back the streams of before that import, whichever test makes the first call."""
+    code = ("import sys; import conftest; before = (sys.stdout, sys.stderr); "
+            f"result = conftest.dvc_here({str(tmp_path)!r}, ['root'], {{}}); "
+            "print(result.returncode, 'dvc' in sys.modules, (sys.stdout, sys.stderr) == before, "
+            "'not inside' in result.stderr)")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=conftest.REPO, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": os.path.join(conftest.REPO, "tests")})
+    assert shown.stdout.split() == ["253", "True", "True", "True"], shown.stderr
+
+
+def test_a_command_run_by_sh_is_done_when_it_exits_not_when_what_it_started_does(tmp_path):
+    """Other commands conftest.sh runs as processes, capturing what they write as subprocess.run(capture_output=True,
+    text=True) would, but through files: `dvc queue start` leaves workers behind that hold its stdout and stderr for
+    seconds after it exits, and a pipe would keep sh waiting for them."""
+    started = time.monotonic()
+    result = conftest.sh(tmp_path, "sh", "-c", "sleep 20 & printf 'one\\r\\ntwo\\rthree'; printf 'é' >&2; exit 3",
+                         check=False)
+    assert time.monotonic() - started < 10
+    assert (result.returncode, result.stdout, result.stderr) == (3, "one\ntwo\nthree", "é")
+    alone = subprocess.run(["sh", "-c", "printf 'one\\r\\ntwo\\rthree'; printf 'é' >&2; exit 3"], capture_output=True,
+                           text=True)
+    assert (alone.returncode, alone.stdout, alone.stderr) == (result.returncode, result.stdout, result.stderr)
 
 
 def test_metrics_and_plots_commands_work(project):
