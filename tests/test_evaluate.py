@@ -54,6 +54,18 @@ def test_class_report_counts_a_class_seen_once_and_predicted_once():
     np.testing.assert_allclose([values for _, *values in rows], [[1, 1, 1], [1, 1, 1]], atol=1e-12)
 
 
+def test_class_report_gives_0_to_a_class_never_predicted_whatever_the_memory_held():
+    """The ratio's 0 where a class has no image comes from an array of zeros, not from whatever memory NumPy hands
+    out: NumPy keeps freed small buffers and gives them to the next arrays of their size, so arrays of NaN freed just
+    before leave NaN wherever a result is not written (as an output left to np.divide would)."""
+    from stages.evaluate import class_report
+    freed = [np.full(3, np.nan) for _ in range(16)]  # each 24 bytes, the size of one float per class
+    del freed
+    rows = class_report(np.array([0, 0, 1, 1, 2]), np.array([0, 0, 1, 0, 0]), ["a", "b", "c"])
+    np.testing.assert_allclose([values for _, *values in rows], [[1 / 2, 1, 2 / 3], [1, 1 / 2, 2 / 3], [0, 0, 0]],
+                               atol=1e-12)
+
+
 def test_class_report_has_a_row_for_each_class_even_one_never_seen_and_warns_nothing():
     """Class b is neither a true label nor a prediction, d is a true label never predicted: each keeps its row, in
     order, with 0 where the ratio has no images (no warning on the stage's stderr)."""
