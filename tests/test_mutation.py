@@ -1,4 +1,5 @@
 """tools/mutation.py is wired: its modules, tests and mutmut settings; mutation testing itself runs outside pytest."""
+import json
 import os
 import re
 import tomllib
@@ -52,3 +53,28 @@ def test_an_unknown_module_is_one_line(capsys):
     with pytest.raises(SystemExit) as stop:
         mutation.main(["nosuch"])
     assert stop.value.code == 2 and "unknown module 'nosuch'; choose from prepare, " in capsys.readouterr().err
+
+
+def test_the_report_says_when_and_where_each_module_last_ran(tmp_path, monkeypatch):
+    """A module run now gets this run's date and CPU; one not run keeps what the results file said of it, and a row
+    with nothing said gets a dash."""
+    counts = {"killed": 9, "survived": 1, "timeout": 0, "no tests": 0, "not checked": 0, "other": 0, "mutants": 10,
+              "equivalent": 1, "score": 0.9, "unexplained": [], "stale_equivalents": []}
+    earlier = {"prepare": {**counts, "seconds": 50, "run": "2026-11-30, 2-core AMD EPYC"},
+               "shards": {**counts, "seconds": 70}}
+    results, report = tmp_path / "mutation.json", tmp_path / "report.md"
+    results.write_text(json.dumps({"modules": earlier}))
+    monkeypatch.setattr(mutation, "RESULTS", str(results))
+    monkeypatch.setattr(mutation, "REPORT", str(report))
+    monkeypatch.setattr(mutation, "module_results", lambda name: dict(counts) if name == "params" else None)
+    monkeypatch.setattr(mutation, "this_run", lambda: "2026-12-02, 2-core Some CPU")
+    mutation.write_report({"params": 12.3})
+    modules = json.loads(results.read_text())["modules"]
+    assert {name: (m["seconds"], m.get("run")) for name, m in modules.items()} == {
+        "prepare": (50, "2026-11-30, 2-core AMD EPYC"), "params": (12, "2026-12-02, 2-core Some CPU"),
+        "shards": (70, None)}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[-2:] for line in report.read_text().splitlines()
+            if line.startswith("| mnist_cnn/")}
+    assert rows == {"mnist_cnn/prepare.py": ["50", "2026-11-30, 2-core AMD EPYC |"],
+                    "mnist_cnn/params.py": ["12", "2026-12-02, 2-core Some CPU |"],
+                    "mnist_cnn/shards.py": ["70", "- |"]}

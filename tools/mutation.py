@@ -271,6 +271,17 @@ def module_results(name):
     return counts
 
 
+def this_run():
+    """When and where a module's run happened, for its row: the date, the cores, the CPU, and bfloat16 if it has it."""
+    import datetime
+
+    from mnist_cnn.machine import cpu_has_bf16, describe
+    machine = describe()
+    cpu = machine["cpu"].replace("(R)", "").replace("(TM)", "")
+    bf16 = ", native bfloat16" if cpu_has_bf16() else ""
+    return f"{datetime.date.today().isoformat()}, {machine['cores']}-core {cpu}{bf16}"
+
+
 def write_report(seconds):
     """Merge this run's module results into bench/results/mutation.json and render docs/mutation-report.md."""
     previous = {}
@@ -285,6 +296,7 @@ def write_report(seconds):
                 modules[name] = previous[name]
             continue
         counts["seconds"] = round(seconds[name]) if name in seconds else previous.get(name, {}).get("seconds")
+        counts["run"] = this_run() if name in seconds else previous.get(name, {}).get("run")
         if "before" in previous.get(name, {}):  # the first measure, kept for comparison
             counts["before"] = previous[name]["before"]
         modules[name] = counts
@@ -304,15 +316,18 @@ def render(modules):
     """The markdown report: one row per module."""
     lines = ["# Mutation report", "",
              "Written by `python -m tools.mutation` ([Development](development.md#mutation-testing)); "
-             "mutmut, one mutant at a time on a 2-core AVX2 CPU. *score* is (killed + timed out) / mutants; "
+             "mutmut, one mutant at a time. *score* is (killed + timed out) / mutants; "
              "*equivalent* survivors are listed with their reason in `tests/mutation-equivalents.txt`; *seconds* is "
              "the wall time of the module's last run (all its mutants, or with `--survivors` only those the run "
-             "before left alive), on a machine shared with other jobs.", "",
-             "| module | mutants | killed | timed out | survived | equivalent | no tests | score | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "before left alive), often beside other jobs; *last run* says when and on what CPU (no date: before "
+             "2026-12-02, on a 2-core CPU).", "",
+             "| module | mutants | killed | timed out | survived | equivalent | no tests | score | seconds "
+             "| last run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, c in modules.items():
         lines.append(f"| {MODULES[name][0]} | {c['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
-                     f"{c['equivalent']} | {c['no tests']} | {c['score']:.1%} | {c['seconds'] or '-'} |")
+                     f"{c['equivalent']} | {c['no tests']} | {c['score']:.1%} | {c['seconds'] or '-'} | "
+                     f"{c.get('run') or '-'} |")
     missing = [MODULES[name][0] for name in MODULES if name not in modules]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(f"`{path}`" for path in missing) + "."]
