@@ -180,7 +180,7 @@ def test_check_reproduction_sample_is_its_output(tmp_path):
 
 
 def test_preset_sample_is_its_output():
-    """docs/presets.md: `python -m tools.preset fast` "prints -S model.conv_filters=[24,48] -S ..."."""
+    """docs/presets.md: `python -m tools.preset fast` "prints -S model.conv_filters=[16,32] -S ..."."""
     with open(os.path.join(REPO, "docs", "presets.md")) as f:
         shown = re.search(r"\$\(python -m tools.preset fast\)\s+# prints (.*) \.\.\.\n", f.read()).group(1)
     result = subprocess.run([sys.executable, "-m", "tools.preset", "fast"], cwd=REPO, capture_output=True, text=True)

@@ -107,11 +107,11 @@ def test_readme_compare_commands_fit_a_120_column_terminal_and_diff_a_branch_aga
     assert "Accuracy per corruption" in page and "Reliability diagram" in page and "corruptions.png" in page
 
 
-# best trains 8 epochs; here 2: the test is about DVC taking the preset
+# best trains 9 epochs; here 2: the test is about DVC taking the preset
 SHORTER = {"best": {"train.epochs": 2}}
 
 
-# best only: it changes more params than fast (all but fast's slimmer net), and the queue is the slowest test
+# best only: it changes more params than fast (all but the dropout), and the queue is the slowest test
 # of the suite; tests/test_params.py checks both presets' params
 PRESETS = ("best",)
 

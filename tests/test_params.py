@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, run_stage, write_params
+from conftest import REPO, commit_all, run_stage, write_params
 from mnist_cnn import datasets
 from mnist_cnn.errors import UserError
 from mnist_cnn.params import CUSTOM_NPZ, FOLDER, PARAMS_SCHEMA, PUBLISHED_DATASETS, flatten, load_params
@@ -52,13 +52,41 @@ def test_presets_and_their_candidates_are_valid_params(tmp_path):
 def test_preset_tool_prints_dvc_options_and_names_the_presets_it_knows():
     preset = [sys.executable, "-m", "tools.preset"]
     options = subprocess.run(preset + ["fast"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    assert options[:4] == ["-S", "model.standardize=true", "-S", "model.conv_filters=[24,48]"]  # no spaces: the
-    assert options[::2] == ["-S"] * (len(options) // 2) and "train.epochs=3" in options  # shell keeps values whole
+    assert options[:4] == ["-S", "model.standardize=true", "-S", "model.conv_filters=[16,32]"]  # no spaces: the
+    assert options[::2] == ["-S"] * (len(options) // 2) and "train.epochs=4" in options  # shell keeps values whole
     best = subprocess.run(preset + ["best"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert ("-S model.augment.shift=0.05 -S model.augment.zoom=0.1 -S model.augment.noise=0.1 "
             "-S model.augment.erase=0.3") in best
+    assert best.endswith(" -S model.conv_dropout=0.25 -S model.dense_dropout=0.5\n")  # fast's keys, as committed
     unknown = subprocess.run(preset + ["fastest"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode == 1 and unknown.stderr.strip() == "preset: no preset 'fastest'; known: best, fast"
+
+
+def test_a_preset_also_resets_what_only_other_presets_set_to_the_committed_params(tmp_path, monkeypatch):
+    """`dvc exp run` leaves an experiment's params in the workspace: best after fast must not keep fast's dropout.
+    Each key only another preset sets comes from params.yaml as last committed, not as the workspace has it;
+    outside a git repository, from the workspace's."""
+    from tools import preset
+    for folder in ("repo", "plain"):
+        (tmp_path / folder / "presets").mkdir(parents=True)
+        (tmp_path / folder / "presets" / "small.yaml").write_text("model.conv_dropout: 0\ntrain.epochs: 4\n")
+        (tmp_path / folder / "presets" / "big.yaml").write_text("model.convs_per_block: 2\ntrain.epochs: 9\n")
+        (tmp_path / folder / "params.yaml").write_text(
+            "model:\n  conv_dropout: 0.25\n  convs_per_block: 1\n  dense_dropout: 0.5\ntrain:\n  epochs: 10\n")
+    commit_all(str(tmp_path / "repo"))
+    for folder in ("repo", "plain"):  # the workspace as `dvc exp run -S ...` of small leaves it
+        (tmp_path / folder / "params.yaml").write_text(
+            "model:\n  conv_dropout: 0\n  convs_per_block: 1\n  dense_dropout: 0.5\ntrain:\n  epochs: 4\n")
+    monkeypatch.setattr(preset, "REPO", str(tmp_path / "repo"))
+    monkeypatch.setattr(preset, "PRESETS", str(tmp_path / "repo" / "presets"))
+    assert preset.options("big") == ["-S model.convs_per_block=2", "-S train.epochs=9", "-S model.conv_dropout=0.25"]
+    assert preset.options("small") == ["-S model.conv_dropout=0", "-S train.epochs=4", "-S model.convs_per_block=1"]
+    monkeypatch.setattr(preset, "REPO", str(tmp_path / "plain"))
+    monkeypatch.setattr(preset, "PRESETS", str(tmp_path / "plain" / "presets"))
+    assert preset.options("big") == ["-S model.convs_per_block=2", "-S train.epochs=9", "-S model.conv_dropout=0"]
+    (tmp_path / "plain" / "presets" / "small.yaml").unlink()  # a preset alone resets nothing: git is not asked
+    monkeypatch.setattr(preset, "committed_params", None)
+    assert preset.options("big") == ["-S model.convs_per_block=2", "-S train.epochs=9"]
 
 
 def test_schema_covers_exactly_the_keys_of_params_yaml():
