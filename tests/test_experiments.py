@@ -40,10 +40,12 @@ def markdown_rows(text):
 def exp_show_on_screen(clone, command, columns=120):
     """`command` (a `dvc exp show ...` line) as a terminal `columns` wide shows it, as rows of cells, the header
     first; each line fits, and no row wraps onto a second line (a cell that wrapped or was cut would not match
-    the Markdown table). Also the same table as Markdown (`--md`), which has no width to fit."""
+    the Markdown table). Also the same table as Markdown (`--md`), which has no width to fit. The one exception
+    is DVC's fold, the `…` column the params that do not fit are squeezed into: a list param there
+    (`model.conv_filters` is `[16, 64]`) wraps at its space, so a row can have a second line holding only `…`."""
     options = shlex.split(command, comments=True)[3:]
     shown = sh(clone, "dvc", "exp", "show", "--no-pager", *options, env={"COLUMNS": str(columns)}).stdout
-    lines = [line for line in shown.splitlines() if line.strip() and set(line.strip()) != {"─"}]
+    lines = [line for line in shown.splitlines() if line.strip() not in ("", "…") and set(line.strip()) != {"─"}]
     assert max(map(len, lines)) <= columns, shown
     on_screen = [re.split(r" {2,}", line.strip()) for line in lines]  # rich pads each cell: 3+ spaces between
     return on_screen, markdown_rows(sh(clone, "dvc", "exp", "show", "--md", *options).stdout)
