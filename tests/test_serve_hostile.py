@@ -20,10 +20,37 @@ import requests
 from tiny_models import tiny_onnx
 
 from conftest import CODE_ENV, REPO, digit_images, png, served_model
-from tools.http_clients import large_digit_png, multipart_request, under_attack
+from tools.http_clients import large_digit_png, multipart_request, under_attack, well_behaved
 from tools.project import free_port
 
 QUICK_LIMITS = ("--keep-alive", "1", "--header-timeout", "1", "--body-timeout", "1")
+
+
+def test_the_well_behaved_client_resends_as_a_browser_when_a_kept_alive_connection_closes_unanswered():
+    """The clients behind every "no request failed" below: a server that closes each connection after its first
+    answer (a keep-alive time up as the next request went out) fails none of them, each sent again on a new
+    connection; one that closes every connection before answering fails every request, none answered."""
+    async def once(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def never(reader, writer):
+        writer.close()
+
+    async def client(handler):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        async with server:
+            return await well_behaved(port, [f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()], stop)
+
+    answered, failed = asyncio.run(client(once))
+    assert failed == 0 and len(answered) > 10  # every other request went out on a connection closed under it
+    answered, failed = asyncio.run(client(never))
+    assert answered == [] and failed > 10
 
 
 @pytest.fixture(scope="module")

@@ -46,12 +46,22 @@ def multipart_request(port, path, field, images):
     return head + body
 
 
+class ClosedUnanswered(ConnectionError):
+    """The server closed the connection before any byte of its answer."""
+
+
 async def exchange(reader, writer, request):
-    """Send one request on a kept-alive connection; (status, seconds)."""
+    """Send one request on a kept-alive connection; (status, seconds). ClosedUnanswered if the server closes it first
+    (a reset while sending or before the status line is one too)."""
     start = time.perf_counter()
-    writer.write(request)
-    await writer.drain()
-    status_line = await reader.readline()
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+    except (ConnectionResetError, BrokenPipeError) as e:
+        raise ClosedUnanswered(str(e)) from e
+    if not status_line:
+        raise ClosedUnanswered("closed before the status line")
     length = 0
     while True:
         line = await reader.readline()
@@ -191,12 +201,20 @@ def _attackers(port, plan, orders):
 
 async def well_behaved(port, requests, stop):
     """Requests one after another on a kept-alive connection (a new one when the server closes it), as a user's
-    browser sends them, until stop: (the seconds each answered one took, how many failed)."""
+    browser sends them, until stop: (the seconds each answered one took, how many failed). As a browser does, a
+    request whose kept-alive connection the server closed before answering it (an idle connection closed as the
+    request went out: its keep-alive time was up, or the server made room for a new client) is sent again on a
+    new connection and not counted as failed; on a new connection, the same counts."""
     seconds, failed, i, connection = [], 0, 0, None
     while not stop.is_set():
+        reused = connection is not None
         try:
             connection = connection or await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
             status, took = await asyncio.wait_for(exchange(*connection, requests[i % len(requests)]), 30)
+        except ClosedUnanswered:
+            connection = None
+            failed += not reused
+            continue
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
             failed += 1
             connection = None
