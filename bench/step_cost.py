@@ -32,10 +32,10 @@ from mnist_cnn.files import write_json
 from mnist_cnn.machine import describe
 from mnist_cnn.params import load_params, set_dotted
 from stages import train
+from tools import preset
 from tools.project import REPO
 
 import keras  # noqa: E402  # isort: skip (after network, which quiets TensorFlow)
-
 
 
 def candidate_params(overrides):
@@ -70,9 +70,7 @@ def main():
     args = parser.parse_args()
     with open(args.candidates) as f:
         candidates = yaml.safe_load(f)
-    for name in ("fast", "best"):
-        with open(os.path.join(REPO, "presets", f"{name}.yaml")) as f:
-            candidates[name] = yaml.safe_load(f)
+    candidates.update({name: preset.load(name) for name in preset.names()})
     unknown = [name for name in args.only if name not in candidates]
     if unknown:
         parser.error(f"no candidate {', '.join(unknown)} in {args.candidates}")

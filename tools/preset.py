@@ -22,12 +22,16 @@ from tools.project import REPO
 PRESETS = os.path.join(REPO, "presets")
 
 
+def names():
+    """The presets there are, by name, sorted."""
+    return sorted(os.path.splitext(n)[0] for n in os.listdir(PRESETS) if n.endswith(".yaml"))
+
+
 def load(name):
     """presets/<name>.yaml as {dotted key: value}; an unknown name stops with the known ones."""
     path = os.path.join(PRESETS, f"{name}.yaml")
     if not os.path.isfile(path):
-        known = sorted(os.path.splitext(n)[0] for n in os.listdir(PRESETS) if n.endswith(".yaml"))
-        raise SystemExit(f"preset: no preset {name!r}; known: {', '.join(known)}")
+        raise SystemExit(f"preset: no preset {name!r}; known: {', '.join(names())}")
     with open(path) as f:
         return yaml.safe_load(f)
 
@@ -44,8 +48,7 @@ def committed_params():
 def settings(name):
     """{dotted key: value}: the preset's own, then each key only other presets set at its committed value."""
     preset = load(name)
-    others = [key for other in sorted(os.listdir(PRESETS)) if other.endswith(".yaml")
-              for key in load(os.path.splitext(other)[0]) if key not in preset]
+    others = [key for other in names() for key in load(other) if key not in preset]
     if not others:
         return preset
     committed = committed_params()
