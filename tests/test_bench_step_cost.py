@@ -32,7 +32,7 @@ def test_costs_are_each_candidates_fastest_round_times_its_epochs_over_the_defau
         assert entry["training_cost_over_default"] == round(min(entry["runs"]) * entry["epochs"] / default, 2)
         assert f"| {name} | {entry['ms_per_1000_images']} | {entry['epochs']} | " in shown.stdout
     # each candidate its own network: an image through fast's (16 and 32 filters, one convolution a block) costs
-    # about a third of one through best's (two a block), and fast's training about a sixth of the default's:
+    # about a third of one through best's (two a block), and fast's training a sixth to a quarter of the default's:
     # margins that hold while other tests load the CPU (a round slowed two or three times; the fastest of three
     # is kept)
     per_image = {name: entry["ms_per_1000_images"] for name, entry in entries.items()}
