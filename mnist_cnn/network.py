@@ -17,7 +17,8 @@ from keras import layers  # noqa: E402
 
 class RandomAffine(layers.Layer):
     """Random rotation, zoom and shift of each training image, composed into one affine map and
-    resampled once (bilinear, black outside), then strokes thinned or thickened, some images solarised,
+    resampled once (bilinear, black outside), with an elastic distortion in the same resampling, then
+    strokes thinned or thickened, some images solarised,
     Gaussian noise on each pixel, and a rectangle of one random grey over half of the images (random
     erasing); the identity at inference, and left out of the saved model (inference_model). Keras'
     RandomRotation, RandomZoom and RandomTranslation in a row would interpolate three times, blurring the
@@ -27,16 +28,18 @@ class RandomAffine(layers.Layer):
     both axes); shift: up to this fraction of the height and width; stroke: up to this fraction of the
     way to the image's 3x3 dilation or erosion; solarize: the fraction of images solarised; noise: the
     noise's standard deviation; erase: the rectangle's largest area, as a fraction of the image's (its
-    aspect ratio between 1:3 and 3:1, anywhere, clipped by the border; Zhong et al. 2017). Draws come
+    aspect ratio between 1:3 and 3:1, anywhere, clipped by the border; Zhong et al. 2017); elastic: the
+    distortion's scale in pixels, elastic_sigma: its smoothness in pixels (displacements). Draws come
     from a seeded Keras SeedGenerator, so a seeded run repeats them. Every draw is scaled by `strength`:
     1, or 0 to pass the images through unchanged (AugmentationOff sets it for the last epochs).
     """
 
     def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, seed=None, noise=0.0, erase=0.0, stroke=0.0, solarize=0.0,
-                 **kwargs):
+                 elastic=0.0, elastic_sigma=4.0, **kwargs):
         super().__init__(**kwargs)
         self.rotation, self.zoom, self.shift, self.seed, self.noise = rotation, zoom, shift, seed, noise
         self.erase, self.stroke, self.solarize = erase, stroke, solarize
+        self.elastic, self.elastic_sigma = elastic, elastic_sigma
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.strength = self.add_weight(shape=(), initializer="ones", trainable=False, name="strength")
 
@@ -57,9 +60,12 @@ class RandomAffine(layers.Layer):
         zeros = tf.zeros_like(angle)
         transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy - dx, b0, b1, cy - b0 * cx - b1 * cy - dy,
                                zeros, zeros], axis=1)
-        outputs = tf.raw_ops.ImageProjectiveTransformV3(
-            images=inputs, transforms=transforms, output_shape=[height, width], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="CONSTANT")
+        if self.elastic:  # no draw at all without it: runs without elastic distortion repeat the earlier ones exactly
+            outputs = self.warped(inputs, transforms, batch, height, width)
+        else:
+            outputs = tf.raw_ops.ImageProjectiveTransformV3(
+                images=inputs, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+                interpolation="BILINEAR", fill_mode="CONSTANT")
         if self.stroke:
             outputs = self.restroked(outputs, batch)
         if self.solarize:
@@ -70,6 +76,45 @@ class RandomAffine(layers.Layer):
         if self.erase:
             outputs = self.erased(outputs, batch, height, width)
         return outputs
+
+    def displacements(self, batch, height, width):
+        """Each image's elastic distortion (Simard et al. 2003): a field of uniform noise in -1..1 for x and
+        for y, smoothed by a Gaussian of `elastic_sigma` pixels (zero beyond the border) and scaled by
+        `elastic` pixels. Neighbouring pixels move together: strokes bend and swell as a pen's do, where
+        the affine map moves the whole digit alike. Shape (batch, height, width, 2): x, then y."""
+        field = keras.random.uniform((batch, height, width, 2), -1.0, 1.0, seed=self.seed_generator)
+        radius = max(1, math.ceil(3 * self.elastic_sigma))
+        taps = [math.exp(-0.5 * (offset / self.elastic_sigma) ** 2) for offset in range(-radius, radius + 1)]
+        taps = tf.constant([tap / sum(taps) for tap in taps], tf.float32)
+        for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):  # the Gaussian along the rows, then along the columns
+            kernel = tf.tile(tf.reshape(taps, shape), [1, 1, 2, 1])
+            field = tf.nn.depthwise_conv2d(field, kernel, [1, 1, 1, 1], "SAME")
+        return field * (self.elastic * self.strength)
+
+    def warped(self, images, transforms, batch, height, width):
+        """The affine map and the elastic distortion in one bilinear resampling, so the image is interpolated
+        once: output pixel (x, y) reads the input at its affine point plus its displacement, each of the four
+        neighbouring pixels outside the image read as black, as ImageProjectiveTransformV3 does (a test checks
+        that the two agree without displacement)."""
+        rows, columns = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32),
+                                    indexing="ij")
+        a0, a1, a2, b0, b1, b2, _, _ = tf.unstack(transforms[:, :, None, None], axis=1)  # each (batch, 1, 1)
+        field = self.displacements(batch, height, width)
+        x = a0 * columns + a1 * rows + a2 + field[..., 0]
+        y = b0 * columns + b1 * rows + b2 + field[..., 1]
+        x0, y0 = tf.floor(x), tf.floor(y)
+        images_index = tf.broadcast_to(tf.range(batch)[:, None, None], tf.shape(x))
+
+        def read(ys, xs):  # the pixels at integer (ys, xs), black outside the image
+            inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
+            at = tf.stack([images_index, tf.cast(tf.clip_by_value(ys, 0, height - 1), tf.int32),
+                           tf.cast(tf.clip_by_value(xs, 0, width - 1), tf.int32)], axis=-1)
+            return tf.gather_nd(images, at) * tf.cast(inside, images.dtype)[..., None]
+
+        wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+        top = (1 - wx) * read(y0, x0) + wx * read(y0, x0 + 1)
+        bottom = (1 - wx) * read(y0 + 1, x0) + wx * read(y0 + 1, x0 + 1)
+        return (1 - wy) * top + wy * bottom
 
     def restroked(self, images, batch):
         """Strokes thinner or thicker: each image moved towards its 3x3 grey erosion or dilation by a random
@@ -110,7 +155,8 @@ class RandomAffine(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
                 "seed": self.seed, "noise": self.noise, "erase": self.erase,
-                "stroke": self.stroke, "solarize": self.solarize}
+                "stroke": self.stroke, "solarize": self.solarize, "elastic": self.elastic,
+                "elastic_sigma": self.elastic_sigma}
 
 
 class AugmentationOff(keras.callbacks.Callback):
@@ -128,7 +174,7 @@ class AugmentationOff(keras.callbacks.Callback):
 
 
 def augments(augment):
-    return any(augment[key] for key in ("rotation", "shift", "zoom", "noise", "erase", "stroke", "solarize"))
+    return any(augment[key] for key in ("rotation", "shift", "zoom", "noise", "erase", "stroke", "solarize", "elastic"))
 
 
 def augmentation(augment):
@@ -138,6 +184,7 @@ def augmentation(augment):
         return []
     return [RandomAffine(augment["rotation"], augment["zoom"], augment["shift"], noise=augment["noise"],
                          erase=augment["erase"], stroke=augment["stroke"], solarize=augment["solarize"],
+                         elastic=augment["elastic"], elastic_sigma=augment["elastic_sigma"],
                          dtype="float32")]
 
 

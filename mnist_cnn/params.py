@@ -108,6 +108,8 @@ PARAMS_SCHEMA = {
     "model.augment.erase": _number(0, 1),
     "model.augment.stroke": _number(0, 1),
     "model.augment.solarize": _number(0, 1),
+    "model.augment.elastic": _number(0, 100),
+    "model.augment.elastic_sigma": _number(0, 28, low_open=True),
     "model.augment.off_last_epochs": _number(0, 10_000, integer=True),
     "train.epochs": _number(1, 10_000, integer=True),
     "train.batch_size": _number(1, 65_536, integer=True),

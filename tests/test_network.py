@@ -29,7 +29,8 @@ def test_default_model_is_the_notebooks_network():
 
 
 SETTINGS = ("filters", "units", "kernel_size", "strides", "padding", "pool_size", "rate", "activation", "use_bias",
-            "momentum", "epsilon", "rotation", "zoom", "shift", "noise", "erase", "stroke", "solarize")
+            "momentum", "epsilon", "rotation", "zoom", "shift", "noise", "erase", "stroke", "solarize", "elastic",
+            "elastic_sigma")
 
 
 def architecture(model):
@@ -61,10 +62,14 @@ NO_AUGMENTATION = dict.fromkeys(DEFAULTS["model"]["augment"], 0)  # every transf
     ("augment", {**NO_AUGMENTATION, "rotation": 10}), ("augment", {**NO_AUGMENTATION, "shift": 0.1}),
     ("augment", {**NO_AUGMENTATION, "zoom": 0.1}), ("augment", {**NO_AUGMENTATION, "noise": 0.1}),
     ("augment", {**NO_AUGMENTATION, "erase": 0.3}), ("augment", {**NO_AUGMENTATION, "stroke": 0.5}),
-    ("augment", {**NO_AUGMENTATION, "solarize": 0.1}),
+    ("augment", {**NO_AUGMENTATION, "solarize": 0.1}), ("augment", {**NO_AUGMENTATION, "elastic": 8}),
+    ("augment", {**NO_AUGMENTATION, "elastic": 8, "elastic_sigma": 3}),
 ])
 def test_every_model_param_changes_the_network(key, value):
     default = architecture(network.build_model(DEFAULTS["model"], (28, 28, 1), 10))
+    if key == "augment" and value.get("elastic_sigma", 4) != 4:  # sigma changes the network beside elastic on
+        default = architecture(network.build_model({**DEFAULTS["model"], key: {**value, "elastic_sigma": 4}},
+                                                   (28, 28, 1), 10))
     changed = architecture(network.build_model({**DEFAULTS["model"], key: value}, (28, 28, 1), 10))
     assert default != changed
 
@@ -217,7 +222,8 @@ def test_solarize_inverts_the_pixels_above_one_threshold_per_image_on_its_fracti
 
 def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on():
     params = {**DEFAULTS["model"], "augment": {"rotation": 10, "shift": 0.1, "zoom": 0.1, "noise": 0.1, "erase": 0.3,
-                                               "stroke": 0.5, "solarize": 0.3, "off_last_epochs": 1}}
+                                               "stroke": 0.5, "solarize": 0.3, "elastic": 8, "elastic_sigma": 4,
+                                               "off_last_epochs": 1}}
     model = network.build_model(params, (28, 28, 1), 10)
     callback = network.AugmentationOff(first=2)
     callback.set_model(model)
@@ -226,6 +232,71 @@ def test_augmentation_off_passes_the_images_through_unchanged_from_its_epoch_on(
         callback.on_epoch_begin(epoch)
         y = keras.ops.convert_to_numpy(model.layers[0](x, training=True))
         assert np.array_equal(y, x) is unchanged, epoch  # exactly the pixels: no resampling blur
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_elastic_resampling_without_displacement_is_tensorflows_affine_transform(monkeypatch, channels):
+    """With elastic on, the affine map is resampled by the layer's own bilinear code (warped), not by
+    ImageProjectiveTransformV3: the two agree on every pixel when the displacements are zero, for rotations,
+    zooms and shifts large enough to reach past the border (grayscale and RGB)."""
+    layer = network.RandomAffine(elastic=8)
+    monkeypatch.setattr(layer, "displacements", lambda batch, height, width: tf.zeros((batch, height, width, 2)))
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, channels), dtype=np.float32)
+    angle, scale = rng.uniform(-0.6, 0.6, 64), rng.uniform(0.7, 1.3, 64)
+    a0, a1 = scale * np.cos(angle), -scale * np.sin(angle)
+    transforms = np.stack([a0, a1, rng.uniform(-8, 8, 64), -a1, a0, rng.uniform(-8, 8, 64), 0 * a0, 0 * a0],
+                          axis=1).astype(np.float32)
+    ours = keras.ops.convert_to_numpy(layer.warped(tf.constant(x), tf.constant(transforms), 64, 28, 28))
+    theirs = keras.ops.convert_to_numpy(tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=transforms, output_shape=[28, 28], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT"))
+    assert 0.05 < (theirs == 0).mean() < 0.5  # the maps reach past the border
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+
+
+def test_elastic_displacements_are_smooth_noise_of_the_size_the_params_give():
+    """Simard et al.'s field: uniform noise smoothed by a Gaussian of sigma pixels, times alpha. Away from the
+    border its deviation is alpha * sqrt(1/3 * sum of the 2-D kernel's squared taps), computed here with NumPy
+    for sigma 4 and 2, and neighbouring pixels move together (correlation exp(-1 / (4 sigma^2)))."""
+    for sigma, alpha in ((4, 34), (2, 8)):
+        layer = network.RandomAffine(elastic=alpha, elastic_sigma=sigma)
+        layer.build((None, 28, 28, 1))
+        keras.utils.set_random_seed(0)
+        field = keras.ops.convert_to_numpy(layer.displacements(2000, 28, 28))
+        assert field.shape == (2000, 28, 28, 2)
+        radius = int(np.ceil(3 * sigma))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        taps /= taps.sum()
+        expected = alpha * np.sqrt(1 / 3 * (taps ** 2).sum() ** 2)
+        inner = field[:, radius:28 - radius, radius:28 - radius]
+        assert abs(inner.mean()) < 0.1 * expected  # about 6 standard errors: few independent pixels an image
+        np.testing.assert_allclose(inner.std(), expected, rtol=0.03)
+        neighbours = np.corrcoef(inner[:, :, :-1].ravel(), inner[:, :, 1:].ravel())[0, 1]
+        assert neighbours == pytest.approx(np.exp(-1 / (4 * sigma ** 2)), abs=0.01)
+        across = np.corrcoef(inner[..., 0].ravel(), inner[..., 1].ravel())[0, 1]
+        assert abs(across) < 0.1  # x and y drawn apart (the same draw for both would give 1)
+
+
+def test_elastic_distortion_bends_strokes_locally_and_only_in_training():
+    """A straight bar comes out bent: the centre of its brightness moves by different amounts from row to row,
+    where a shift alone moves every row alike; brightness is kept."""
+    x = np.zeros((256, 28, 28, 1), np.float32)
+    x[:, 4:24, 13:15] = 1  # a vertical bar 2 pixels wide, inside the border
+
+    def bends(layer):  # per image, how far apart its rows' centres of brightness lie
+        keras.utils.set_random_seed(0)  # traced, as fit runs the layer (a graph's shapes are not eager's)
+        y = keras.ops.convert_to_numpy(tf.function(lambda images: layer(images, training=True))(x))[..., 0]
+        rows = y[:, 8:20]
+        centre = (rows * np.arange(28)).sum(axis=2) / rows.sum(axis=2)
+        return centre.max(axis=1) - centre.min(axis=1), y
+
+    shifted, _ = bends(network.RandomAffine(shift=0.1))
+    bent, y = bends(network.RandomAffine(elastic=34, elastic_sigma=4))
+    assert shifted.max() < 0.01 and np.nanmedian(bent) > 0.5  # nan: a row pushed off the bar's ends
+    np.testing.assert_allclose(y.sum(axis=(1, 2)).mean(), x[..., 0].sum(axis=(1, 2)).mean(), rtol=0.05)
+    layer = network.RandomAffine(elastic=34, elastic_sigma=4)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
 
 
 def centroids(images):

@@ -21,7 +21,8 @@ def test_repository_params_are_valid():
     assert {key: params["train"][key] for key in notebook} == notebook
     assert params["data"]["val_split"] == 0.2
     assert params["model"]["augment"] == {"rotation": 0, "shift": 0, "zoom": 0, "noise": 0, "erase": 0,
-                                          "stroke": 0, "solarize": 0, "off_last_epochs": 0}
+                                          "stroke": 0, "solarize": 0, "elastic": 0, "elastic_sigma": 4,
+                                          "off_last_epochs": 0}
     assert (params["model"]["batch_norm"], params["model"]["standardize"], params["model"]["convs_per_block"]) == (
         False, False, 1)
 

@@ -73,6 +73,8 @@ ALLOWED = {
     "model.augment.erase": numbers(0, 1),
     "model.augment.stroke": numbers(0, 1),
     "model.augment.solarize": numbers(0, 1),
+    "model.augment.elastic": numbers(0, 100),
+    "model.augment.elastic_sigma": numbers(0, 28, low_open=True),
     "model.augment.off_last_epochs": integers(0, 10_000),
     "train.epochs": integers(1, 10_000),
     "train.batch_size": integers(1, 65_536),
