@@ -2,7 +2,7 @@
 
 build_model is the notebook's Sequential net by default (Conv2D(32) > MaxPool > Conv2D(64) > MaxPool
 > Dropout(0.25) > Flatten > Dense(128) > Dropout(0.5) > Dense(10, softmax)), with options beyond it:
-more convolutions per block, "same" padding, global pooling, batch normalisation and augmentation.
+more convolutions per block, "same" padding, strided convolutions, global pooling, batch normalisation and augmentation.
 Two layers exist for training only, RandomAffine and FusedBatchNormalization; inference_model gives the network that
 is saved, which loads with Keras alone.
 """
@@ -247,7 +247,8 @@ GLOBAL_POOL = {"none": layers.Flatten, "average": layers.GlobalAveragePooling2D,
 def build_model(model_params, input_shape, num_classes, dtype="float32", steps=None):
     """Conv-pool blocks, dropout, dense layers with dropout, softmax: the notebook's net by default.
 
-    Options beyond the notebook: several convolutions per block, "same" padding, global pooling for Flatten
+    Options beyond the notebook: several convolutions per block, "same" padding, blocks that shrink their maps
+    by a strided first convolution instead of max pooling (downsample: stride), global pooling for Flatten
     (GLOBAL_POOL), batch normalisation
     (conv/dense, then BatchNormalization, then relu; its momentum from the run's number of training steps,
     batch_norm_momentum), each image standardised over its pixels (LayerNormalization without a learnt
@@ -268,10 +269,13 @@ def build_model(model_params, input_shape, num_classes, dtype="float32", steps=N
         # epsilon 1e-6, not Keras' 1e-3: an MNIST digit's pixel variance is about 0.1, which 1e-3 would blur
         stack.append(layers.LayerNormalization(axis=(1, 2, 3), epsilon=1e-6, center=False, scale=False,
                                                dtype=dtype))
+    pool, strided = model_params["pool_size"], model_params["downsample"] == "stride"
     for filters in model_params["conv_filters"]:
-        for _ in range(model_params["convs_per_block"]):
-            stack += relu_layer(layers.Conv2D, filters, model_params["kernel_size"], padding=model_params["padding"])
-        stack.append(layers.MaxPooling2D(model_params["pool_size"], dtype=dtype))
+        for conv in range(model_params["convs_per_block"]):
+            stack += relu_layer(layers.Conv2D, filters, model_params["kernel_size"], padding=model_params["padding"],
+                                strides=pool if strided and conv == 0 else 1)
+        if not strided:
+            stack.append(layers.MaxPooling2D(pool, dtype=dtype))
     stack += [layers.Dropout(model_params["conv_dropout"], dtype=dtype),
               GLOBAL_POOL[model_params["global_pool"]](dtype=dtype)]
     for units in model_params["dense_units"]:

@@ -95,6 +95,7 @@ PARAMS_SCHEMA = {
     "model.kernel_size": _number(1, 28, integer=True),
     "model.padding": _choice("valid", "same"),
     "model.pool_size": _number(1, 28, integer=True),
+    "model.downsample": _choice("pool", "stride"),
     "model.global_pool": _choice("none", "average", "max"),
     "model.batch_norm": lambda value: None if isinstance(value, bool) else "true or false",
     "model.standardize": lambda value: None if isinstance(value, bool) else "true or false",

@@ -58,7 +58,7 @@ NO_AUGMENTATION = dict.fromkeys(DEFAULTS["model"]["augment"], 0)  # every transf
     ("conv_filters", [16, 32]), ("conv_filters", [32, 64, 64]), ("kernel_size", 5), ("pool_size", 3),
     ("conv_dropout", 0.1), ("dense_units", [256]), ("dense_units", [128, 64]), ("dense_dropout", 0.3),
     ("convs_per_block", 2), ("padding", "same"), ("global_pool", "average"), ("global_pool", "max"),
-    ("batch_norm", True), ("standardize", True),
+    ("downsample", "stride"), ("batch_norm", True), ("standardize", True),
     ("augment", {**NO_AUGMENTATION, "rotation": 10}), ("augment", {**NO_AUGMENTATION, "shift": 0.1}),
     ("augment", {**NO_AUGMENTATION, "zoom": 0.1}), ("augment", {**NO_AUGMENTATION, "noise": 0.1}),
     ("augment", {**NO_AUGMENTATION, "erase": 0.3}), ("augment", {**NO_AUGMENTATION, "stroke": 0.5}),
@@ -89,6 +89,27 @@ def test_options_beyond_the_notebook_build_the_network_they_name():
     augment = model.layers[0]  # random in training, the identity at inference
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augment(x, training=False)), x)
     assert not np.array_equal(keras.ops.convert_to_numpy(augment(x, training=True)), x)
+
+
+@pytest.mark.parametrize("convs_per_block, pool_size", [(1, 2), (2, 2), (1, 3)])
+def test_a_strided_block_computes_its_first_convolution_at_every_pool_size_th_position(convs_per_block, pool_size):
+    """model.downsample: stride: no MaxPooling2D; each block's first Conv2D steps pool_size pixels, the others
+    one. Its maps are the unstrided convolution's (NumPy, from the layer's weights) at every pool_size-th
+    row and column, from the top-left corner."""
+    params = {**DEFAULTS["model"], "conv_filters": [4, 8], "convs_per_block": convs_per_block,
+              "pool_size": pool_size, "downsample": "stride"}
+    model = network.build_model(params, (28, 28, 1), 10)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert not [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert [layer.strides for layer in convs] == ([(pool_size,) * 2] + [(1, 1)] * (convs_per_block - 1)) * 2
+    x = np.random.default_rng(1).random((2, 28, 28, 1), dtype=np.float32)
+    first = keras.ops.convert_to_numpy(keras.Model(model.inputs, convs[0].output)(x))
+    kernel, bias = (keras.ops.convert_to_numpy(weight) for weight in convs[0].weights)
+    windows = np.lib.stride_tricks.sliding_window_view(x[..., 0], (3, 3), axis=(1, 2))  # (2, 26, 26, 3, 3)
+    full = np.maximum(np.einsum("bijkl,klf->bijf", windows, kernel[:, :, 0, :]) + bias, 0)
+    side = (28 - 3) // pool_size + 1
+    assert first.shape == (2, side, side, 4)
+    np.testing.assert_allclose(first, full[:, ::pool_size, ::pool_size], atol=1e-5)
 
 
 @pytest.mark.parametrize("global_pool, layer", [("average", "GlobalAveragePooling2D"), ("max", "GlobalMaxPooling2D")])

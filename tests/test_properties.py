@@ -60,6 +60,7 @@ ALLOWED = {
     "model.kernel_size": integers(1, 28),
     "model.padding": choice("valid", "same"),
     "model.pool_size": integers(1, 28),
+    "model.downsample": choice("pool", "stride"),
     "model.global_pool": choice("none", "average", "max"),
     "model.batch_norm": ("boolean",),
     "model.standardize": ("boolean",),
