@@ -27,6 +27,7 @@ import time
 import numpy as np
 import yaml
 
+from bench.presets import CANDIDATES
 from mnist_cnn import network  # first: imports TensorFlow without its log lines
 from mnist_cnn.files import write_json
 from mnist_cnn.machine import describe
@@ -59,7 +60,7 @@ def fitter(params, precision, x, y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", default=os.path.join(REPO, "bench", "preset_candidates.yaml"))
+    parser.add_argument("--candidates", default=CANDIDATES)
     parser.add_argument("--only", nargs="+", default=["default", "fast", "best"],
                         help="candidate names, or fast and best for the presets (default: default fast best)")
     parser.add_argument("--precision", default="auto", help="as train.precision, for every candidate (default: auto)")

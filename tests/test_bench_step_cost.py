@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from bench.presets import CANDIDATES
 from tools import preset
 from tools.project import REPO
 
@@ -25,7 +26,7 @@ def test_costs_are_each_candidates_fastest_round_times_its_epochs_over_the_defau
     entries = result["candidates"]
     assert list(entries) == ["default", "fast", "best", "s3"]  # the baseline first, though not asked for
     presets = {name: preset.load(name) for name in ("fast", "best")}  # params.yaml's, then each preset's
-    with open(os.path.join(REPO, "bench", "preset_candidates.yaml")) as f:
+    with open(CANDIDATES) as f:
         presets["s3"] = yaml.safe_load(f)["s3"]  # a candidate by name: best until 2026-12-03
     assert [entries[name]["epochs"] for name in entries] == [10] + [p["train.epochs"] for p in presets.values()]
     assert [entries[name]["batch_size"] for name in entries] == [64] + [p["train.batch_size"] for p in presets.values()]

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from bench.presets import CANDIDATES
 from conftest import REPO, commit_all, run_stage, write_params
 from mnist_cnn import datasets
 from mnist_cnn.errors import UserError
@@ -30,7 +31,7 @@ def test_repository_params_are_valid():
 def test_presets_and_their_candidates_are_valid_params(tmp_path):
     """Each presets/*.yaml and each candidate bench/presets.py scored names existing params with allowed values,
     and changes what it says; each preset is one of the candidates, scored in a bench/results/presets*.json."""
-    with open(os.path.join(REPO, "bench", "preset_candidates.yaml")) as f:
+    with open(CANDIDATES) as f:
         candidates = yaml.safe_load(f)
     scored = {}  # one results file per machine the bench ran on (bench/presets.py --results)
     for path in sorted(glob.glob(os.path.join(REPO, "bench", "results", "presets*.json"))):
